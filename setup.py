@@ -38,7 +38,7 @@ def _extensions():
         return []
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
     sources += sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
-    cxx_flags = ["-O3", "-std=c++17", "-fno-math-errno", "-fvisibility=hidden"]
+    cxx_flags = ["-O3", "-std=c++20", "-fno-math-errno", "-fvisibility=hidden"]
     with_cuda = bool(_cuda_home) and torch.version.cuda is not None
     if with_cuda:
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
@@ -49,7 +49,7 @@ def _extensions():
                 define_macros=[("LENSKIT_WITH_CUDA", "1")],
                 extra_compile_args={
                     "cxx": cxx_flags,
-                    "nvcc": ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"],
+                    "nvcc": ["-O3", "-std=c++20", "-lineinfo"],
                 },
                 py_limited_api=False,
             )

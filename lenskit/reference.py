@@ -16,6 +16,8 @@ Rows are processed in chunks so the extra memory stays bounded (about
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 __all__ = ["entropy", "kl_div", "pairwise_kl", "DEFAULT_CHUNK_ELEMENTS"]
@@ -37,7 +39,9 @@ def check_logits(name: str, x: torch.Tensor) -> None:
             f"(shape {tuple(x.shape)})"
         )
     if x.dim() < 1:
-        raise ValueError(f"lenskit: {name} must have at least 1 dimension (the vocabulary), got a 0-d tensor")
+        raise ValueError(
+            f"lenskit: {name} must have at least 1 dimension (the vocabulary), got a 0-d tensor"
+        )
 
 
 def check_pair(p: torch.Tensor, q: torch.Tensor, *, same_shape: bool) -> None:
@@ -112,7 +116,7 @@ def entropy(logits: torch.Tensor, *, chunk_elements: int = DEFAULT_CHUNK_ELEMENT
     check_logits("logits", logits)
     lead = logits.shape[:-1]
     v = logits.shape[-1]
-    x = logits.reshape(-1, v)
+    x = logits.reshape(math.prod(lead), v)  # not (-1, v): ambiguous when V == 0
     out = torch.empty(x.shape[0], dtype=torch.float32, device=logits.device)
     step = _row_chunk(v, chunk_elements)
     for i in range(0, x.shape[0], step):
@@ -135,8 +139,8 @@ def kl_div(
     check_pair(p_logits, q_logits, same_shape=True)
     lead = p_logits.shape[:-1]
     v = p_logits.shape[-1]
-    x = p_logits.reshape(-1, v)
-    y = q_logits.reshape(-1, v)
+    x = p_logits.reshape(math.prod(lead), v)
+    y = q_logits.reshape(math.prod(lead), v)
     out = torch.empty(x.shape[0], dtype=torch.float32, device=p_logits.device)
     step = _row_chunk(2 * v, chunk_elements)
     for i in range(0, x.shape[0], step):

@@ -1,0 +1,199 @@
+"""Kernel benchmark: lenskit.entropy / lenskit.kl_div against PyTorch eager and torch.compile.
+
+Run by ``make bench`` (not by the tests). Everything in the table is measured in the same run:
+
+* ``lenskit``: the fused op (C++ kernel on CPU, CUDA kernel on GPU).
+* ``eager``: the natural PyTorch expression, unfused, taking the faster of two spellings:
+  entropy ``lp = log_softmax(x.float(), -1); -(lp.exp() * lp).sum(-1)`` and
+  ``torch.distributions.Categorical(logits=x.float(), validate_args=False).entropy()``;
+  kl_div ``lp, lq = log_softmax(p.float()), log_softmax(q.float()); (lp.exp() * (lp - lq)).sum(-1)``
+  and ``F.kl_div(lq, lp, reduction="none", log_target=True).sum(-1)``.
+* ``compile``: ``torch.compile(dynamic=False)`` of the log_softmax spelling (Inductor's fused
+  kernel), compiled before timing.
+* ``read``: ``x.sum(-1)`` (kl_div: of both inputs), a plain read pass: the memory-bound floor.
+
+Times are medians over ``--reps`` calls after one warm-up call. Effective GB/s = bytes of the
+input(s) read once / time. The table goes to docs/benchmarks.md (section bench_kernels).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _report import stamp, write_section  # noqa: E402
+
+import lenskit  # noqa: E402
+
+CPU_SHAPES = [(2048, 49152), (512, 128256)]
+CUDA_EXTRA_SHAPES = [((8192, 128256), torch.bfloat16)]
+DTYPES = [torch.float32, torch.bfloat16]
+
+
+def entropy_logsoftmax(x: torch.Tensor) -> torch.Tensor:
+    lp = torch.log_softmax(x.float(), dim=-1)
+    return -(lp.exp() * lp).sum(-1)
+
+
+def entropy_categorical(x: torch.Tensor) -> torch.Tensor:
+    return torch.distributions.Categorical(logits=x.float(), validate_args=False).entropy()
+
+
+def kl_logsoftmax(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    lp = torch.log_softmax(p.float(), dim=-1)
+    lq = torch.log_softmax(q.float(), dim=-1)
+    return (lp.exp() * (lp - lq)).sum(-1)
+
+
+def kl_functional(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    lp = torch.log_softmax(p.float(), dim=-1)
+    lq = torch.log_softmax(q.float(), dim=-1)
+    return F.kl_div(lq, lp, reduction="none", log_target=True).sum(-1)
+
+
+def read_pass(*xs: torch.Tensor) -> list[torch.Tensor]:
+    return [x.sum(-1) for x in xs]
+
+
+def median_time(fn, args, reps: int) -> float:
+    """Median wall time of fn(*args) in seconds, after one warm-up call."""
+    dev = args[0].device
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    fn(*args)
+    sync()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn(*args)
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def copy_bandwidth(device: torch.device, nbytes: int = 1 << 30) -> float:
+    """Device-to-device copy GB/s (read + write bytes)."""
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    t = median_time(lambda a: dst.copy_(a), (src,), 10)
+    return 2 * nbytes / t / 1e9
+
+
+def bench_case(op: str, shape, dtype, device, compiled, reps: int, eager_reps: int) -> dict:
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = (torch.randn(shape, generator=gen, device=device) * 4).to(dtype)
+    if op == "entropy":
+        args = (x,)
+        fast, eagers, comp = lenskit.entropy, (entropy_logsoftmax, entropy_categorical), compiled[0]
+    else:
+        y = (torch.randn(shape, generator=gen, device=device) * 4).to(dtype)
+        args = (x, y)
+        fast, eagers, comp = lenskit.kl_div, (kl_logsoftmax, kl_functional), compiled[1]
+    nbytes = sum(a.numel() * a.element_size() for a in args)
+    t_fast = median_time(fast, args, reps)
+    t_eager = min(median_time(f, args, eager_reps) for f in eagers)
+    t_comp = median_time(comp, args, reps)
+    t_read = median_time(read_pass, args, reps)
+    return {
+        "op": op,
+        "shape": "x".join(map(str, shape)),
+        "dtype": str(dtype).removeprefix("torch."),
+        "fast_ms": t_fast * 1e3,
+        "fast_gbs": nbytes / t_fast / 1e9,
+        "eager_ms": t_eager * 1e3,
+        "comp_ms": t_comp * 1e3,
+        "read_gbs": nbytes / t_read / 1e9,
+        "vs_eager": t_eager / t_fast,
+        "vs_comp": t_comp / t_fast,
+    }
+
+
+def table(rows: list[dict]) -> str:
+    head = (
+        "| op | shape | dtype | lenskit ms | lenskit GB/s | read pass GB/s | eager ms | "
+        "compile ms | x eager | x compile |\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|\n"
+    )
+    body = "".join(
+        f"| {r['op']} | {r['shape']} | {r['dtype']} | {r['fast_ms']:.1f} | {r['fast_gbs']:.1f} | "
+        f"{r['read_gbs']:.1f} | {r['eager_ms']:.1f} | {r['comp_ms']:.1f} | "
+        f"{r['vs_eager']:.1f} | {r['vs_comp']:.1f} |\n"
+        for r in rows
+    )
+    return head + body
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=11, help="timed calls per lenskit/compile case")
+    ap.add_argument("--eager-reps", type=int, default=3, help="timed calls per eager case")
+    ap.add_argument("--no-write", action="store_true", help="print only, leave the doc alone")
+    args = ap.parse_args()
+
+    load_before = os.getloadavg()[0]
+    compiled = (
+        torch.compile(entropy_logsoftmax, dynamic=False),
+        torch.compile(kl_logsoftmax, dynamic=False),
+    )
+    sections = []
+    devices = [torch.device("cpu")]
+    if torch.cuda.is_available():
+        devices.append(torch.device("cuda"))
+    for dev in devices:
+        cases = [(s, d) for s in CPU_SHAPES for d in DTYPES]
+        if dev.type == "cuda":
+            cases += CUDA_EXTRA_SHAPES
+        # Compile every case first: Inductor's compile workers must be idle while timing.
+        for shape, dtype in cases:
+            x = torch.zeros(shape, dtype=dtype, device=dev)
+            compiled[0](x)
+            compiled[1](x, x)
+            del x
+        rows = []
+        for shape, dtype in cases:
+            for op in ("entropy", "kl_div"):
+                r = bench_case(op, shape, dtype, dev, compiled, args.reps, args.eager_reps)
+                print(
+                    f"{dev.type} {op} {r['shape']} {r['dtype']}: lenskit {r['fast_ms']:.1f} ms "
+                    f"({r['fast_gbs']:.1f} GB/s, read pass {r['read_gbs']:.1f} GB/s), eager "
+                    f"{r['eager_ms']:.1f} ms (x{r['vs_eager']:.1f}), compile {r['comp_ms']:.1f} ms "
+                    f"(x{r['vs_comp']:.1f})",
+                    flush=True,
+                )
+                rows.append(r)
+        title = f"### {dev.type.upper()} (backend {lenskit.backend(dev)}"
+        if dev.type == "cpu" and lenskit.backend(dev) == "cpp":
+            title += f", kernels {torch.ops.lenskit.cpu_isa()}"
+        title += ")\n\n"
+        extra = ""
+        if dev.type == "cuda":
+            extra = f"\nDevice-to-device copy: {copy_bandwidth(dev):.0f} GB/s (read + write).\n"
+        sections.append(title + table(rows) + extra)
+
+    load = (
+        f"load average (1 min) {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
+    )
+    body = (
+        f"{stamp()} Shared machine: {load}.\n\n"
+        "Median wall time per call; GB/s = input bytes read once / time; x eager and x compile "
+        "= their time / lenskit's time. eager = the faster of the log_softmax formula "
+        "and torch.distributions.Categorical(...).entropy() (kl_div: F.kl_div(log_target=True)); "
+        "compile = torch.compile of the log_softmax formula; read pass = x.sum(-1) over the "
+        "same input(s). See benchmarks/bench_kernels.py for the exact expressions.\n\n"
+        + "\n".join(sections)
+    )
+    print(body)
+    if not args.no_write:
+        write_section("bench_kernels", body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,349 @@
+// The one-pass block-wise online kernels, written once over a vector abstraction `Vec`.
+//
+// Included (inside an ISA-specific namespace, after `Vec`, LK_TARGET and LK_INLINE are defined)
+// by kernels_scalar.cpp, kernels_avx2.cpp and kernels_avx512.cpp, so each file compiles the
+// same algorithm for its own instruction set. No #include here on purpose: nothing from the
+// standard library or ATen may be instantiated under a target attribute (ODR: the linker
+// could pick an AVX-512 copy of an inline function for code that runs on any CPU).
+//
+// Per block of kBlock elements of a row:
+//   pass 1 (from memory): block max (4 accumulators), NaN flag (vector max drops NaN, so NaN is
+//          detected by an explicit unordered compare, one per two vectors), +inf via the max;
+//   rescale the running sums once if the block max exceeds the running max:
+//          s' = c s,  t' = c (t + (m_old - m_new) s),  c = e^(m_old - m_new);
+//   pass 2 (from L1): e = exp(x - m) with exp(-inf) == 0 exactly, s += e, t += e (x - m),
+//          while prefetching the next block so that memory and arithmetic overlap.
+// Blocks that are all -inf are skipped; masked entries contribute 0 through selects.
+
+constexpr float kNegInf = -__builtin_inff();
+constexpr float kPosInf = __builtin_inff();
+
+LK_INLINE static int64_t lk_min(int64_t a, int64_t b) { return a < b ? a : b; }
+LK_INLINE static float lk_maxf(float a, float b) { return a > b ? a : b; }
+
+// Prefetches the cache lines of `count` elements at p (the next block, while the exp pass works
+// on the current one from L1, so that the memory stream overlaps the arithmetic).
+// kl_div's prefetch target (3 = L1, as for entropy; L2 or non-temporal measured no better).
+#ifndef LK_KL_PREFETCH_LOCALITY
+#define LK_KL_PREFETCH_LOCALITY 3
+#endif
+template <int64_t count, int locality = 3, class S>
+LK_INLINE static void prefetch_span(const S* p) {
+  if constexpr (Vec::kPrefetch) {
+    const char* c = reinterpret_cast<const char*>(p);
+    for (int64_t off = 0; off < count * static_cast<int64_t>(sizeof(S)); off += 64) {
+      __builtin_prefetch(c + off, 0, locality);
+    }
+  }
+}
+
+template <class T>
+LK_TARGET static void entropy_segment_t(const void* xv, int64_t n, EntropyState& st) {
+  using S = typename T::storage;
+  using vec = typename Vec::vec;
+  using mask = typename Vec::mask;
+  constexpr int64_t W = Vec::W;
+  const S* x = static_cast<const S*>(xv);
+  const vec ninf = Vec::set1(kNegInf);
+
+  for (int64_t b0 = 0; b0 < n; b0 += kBlock) {
+    const int64_t len = lk_min(kBlock, n - b0);
+    const S* xb = x + b0;
+    const int64_t nfull = len / W * W;
+    const int tail = static_cast<int>(len - nfull);
+
+    // Pass 1: block max and NaN flag.
+    vec m0 = ninf, m1 = ninf, m2 = ninf, m3 = ninf;
+    mask bad = Vec::mask_none();
+    int64_t i = 0;
+    for (; i + 4 * W <= nfull; i += 4 * W) {
+      const vec a = Vec::load(T{}, xb + i);
+      const vec b = Vec::load(T{}, xb + i + W);
+      const vec c = Vec::load(T{}, xb + i + 2 * W);
+      const vec d = Vec::load(T{}, xb + i + 3 * W);
+      m0 = Vec::max(m0, a);
+      m1 = Vec::max(m1, b);
+      m2 = Vec::max(m2, c);
+      m3 = Vec::max(m3, d);
+      bad = Vec::mask_or(bad, Vec::mask_or(Vec::unord2(a, b), Vec::unord2(c, d)));
+    }
+    for (; i < nfull; i += W) {
+      const vec a = Vec::load(T{}, xb + i);
+      m0 = Vec::max(m0, a);
+      bad = Vec::mask_or(bad, Vec::unord(a));
+    }
+    if (tail) {
+      const vec a = Vec::load_tail(T{}, xb + nfull, tail);
+      m1 = Vec::max(m1, a);
+      bad = Vec::mask_or(bad, Vec::unord(a));
+    }
+    if (Vec::any(bad)) {
+      st.bad = true;
+      return;
+    }
+    const float bmax = Vec::reduce_max(Vec::max(Vec::max(m0, m1), Vec::max(m2, m3)));
+    if (bmax == kPosInf) {
+      st.bad = true;
+      return;
+    }
+    if (bmax == kNegInf) continue;  // all masked: contributes nothing
+    if (bmax > st.m) {
+      if (st.s > 0) {
+        const double dm = static_cast<double>(st.m) - static_cast<double>(bmax);
+        const double c = __builtin_exp(dm);
+        st.t = c * (st.t + dm * st.s);
+        st.s *= c;
+      }
+      st.m = bmax;
+    }
+
+    // Pass 2: exp pass over the block, now in L1. e == 0 exactly where z == -inf (the live
+    // mask is false there), so the masked fma keeps 0 * -inf out of t.
+    const vec vm = Vec::set1(st.m);
+    vec s0 = Vec::zero(), s1 = Vec::zero(), t0 = Vec::zero(), t1 = Vec::zero();
+    mask l0, l1;
+    i = 0;
+    for (; i + 2 * W <= nfull; i += 2 * W) {
+      prefetch_span<2 * W>(xb + kBlock + i);
+      const vec z0 = Vec::sub(Vec::load(T{}, xb + i), vm);
+      const vec z1 = Vec::sub(Vec::load(T{}, xb + i + W), vm);
+      const vec e0 = Vec::exp_nonpos(z0, l0);
+      const vec e1 = Vec::exp_nonpos(z1, l1);
+      s0 = Vec::add(s0, e0);
+      s1 = Vec::add(s1, e1);
+      t0 = Vec::mask_fmadd(t0, l0, e0, z0);
+      t1 = Vec::mask_fmadd(t1, l1, e1, z1);
+    }
+    for (; i < nfull; i += W) {
+      const vec z0 = Vec::sub(Vec::load(T{}, xb + i), vm);
+      const vec e0 = Vec::exp_nonpos(z0, l0);
+      s0 = Vec::add(s0, e0);
+      t0 = Vec::mask_fmadd(t0, l0, e0, z0);
+    }
+    if (tail) {
+      const vec z1 = Vec::sub(Vec::load_tail(T{}, xb + nfull, tail), vm);
+      const vec e1 = Vec::exp_nonpos(z1, l1);
+      s1 = Vec::add(s1, e1);
+      t1 = Vec::mask_fmadd(t1, l1, e1, z1);
+    }
+    st.s += static_cast<double>(Vec::reduce_add(Vec::add(s0, s1)));
+    st.t += static_cast<double>(Vec::reduce_add(Vec::add(t0, t1)));
+  }
+}
+
+// kl_div reads two rows: half-size blocks keep both (and the prefetched next ones) in L1.
+constexpr int64_t kBlockKL = kBlock / 2;
+
+template <class TX, class TY>
+LK_TARGET static void kl_segment_t(const void* xv, const void* yv, int64_t n, KLState& st) {
+  using SX = typename TX::storage;
+  using SY = typename TY::storage;
+  using vec = typename Vec::vec;
+  using mask = typename Vec::mask;
+  constexpr int64_t W = Vec::W;
+  const SX* x = static_cast<const SX*>(xv);
+  const SY* y = static_cast<const SY*>(yv);
+  const vec ninf = Vec::set1(kNegInf);
+  const vec pinf = Vec::set1(kPosInf);
+
+  for (int64_t b0 = 0; b0 < n; b0 += kBlockKL) {
+    const int64_t len = lk_min(kBlockKL, n - b0);
+    const SX* xb = x + b0;
+    const SY* yb = y + b0;
+    const int64_t nfull = len / W * W;
+    const int tail = static_cast<int>(len - nfull);
+
+    // Pass 1: maxima of both rows, min of q (to find masked q entries cheaply), NaN flag.
+    vec mp0 = ninf, mp1 = ninf, mq0 = ninf, mq1 = ninf, nq0 = pinf, nq1 = pinf;
+    mask bad = Vec::mask_none();
+    int64_t i = 0;
+    for (; i + 2 * W <= nfull; i += 2 * W) {
+      const vec a0 = Vec::load(TX{}, xb + i);
+      const vec a1 = Vec::load(TX{}, xb + i + W);
+      const vec b0v = Vec::load(TY{}, yb + i);
+      const vec b1v = Vec::load(TY{}, yb + i + W);
+      mp0 = Vec::max(mp0, a0);
+      mp1 = Vec::max(mp1, a1);
+      mq0 = Vec::max(mq0, b0v);
+      mq1 = Vec::max(mq1, b1v);
+      nq0 = Vec::min(nq0, b0v);
+      nq1 = Vec::min(nq1, b1v);
+      bad = Vec::mask_or(bad, Vec::mask_or(Vec::unord2(a0, a1), Vec::unord2(b0v, b1v)));
+    }
+    for (; i < nfull; i += W) {
+      const vec a0 = Vec::load(TX{}, xb + i);
+      const vec b0v = Vec::load(TY{}, yb + i);
+      mp0 = Vec::max(mp0, a0);
+      mq0 = Vec::max(mq0, b0v);
+      nq0 = Vec::min(nq0, b0v);
+      bad = Vec::mask_or(bad, Vec::unord2(a0, b0v));
+    }
+    if (tail) {
+      // Tail lanes read as -inf in both rows: masked in p, so they never count as q-dead.
+      const vec a0 = Vec::load_tail(TX{}, xb + nfull, tail);
+      const vec b0v = Vec::load_tail(TY{}, yb + nfull, tail);
+      mp1 = Vec::max(mp1, a0);
+      mq1 = Vec::max(mq1, b0v);
+      nq1 = Vec::min(nq1, b0v);
+      bad = Vec::mask_or(bad, Vec::unord2(a0, b0v));
+    }
+    if (Vec::any(bad)) {
+      st.bad = true;
+      return;
+    }
+    const float bmp = Vec::reduce_max(Vec::max(mp0, mp1));
+    const float bmq = Vec::reduce_max(Vec::max(mq0, mq1));
+    if (bmp == kPosInf || bmq == kPosInf) {
+      st.bad = true;
+      return;
+    }
+    if (!st.q_dead && Vec::reduce_min(Vec::min(nq0, nq1)) == kNegInf) {
+      // Some q entry is masked: is p live there?
+      mask dead = Vec::mask_none();
+      for (i = 0; i < nfull; i += W) {
+        const vec a0 = Vec::load(TX{}, xb + i);
+        const vec b0v = Vec::load(TY{}, yb + i);
+        dead = Vec::mask_or(dead, Vec::mask_and(Vec::is_neginf(b0v), Vec::not_neginf(a0)));
+      }
+      if (tail) {
+        const vec a0 = Vec::load_tail(TX{}, xb + nfull, tail);
+        const vec b0v = Vec::load_tail(TY{}, yb + nfull, tail);
+        dead = Vec::mask_or(dead, Vec::mask_and(Vec::is_neginf(b0v), Vec::not_neginf(a0)));
+      }
+      if (Vec::any(dead)) st.q_dead = true;
+    }
+    if (st.q_dead) {
+      // KL is +inf unless a later NaN/+inf makes it NaN: only the maxima still matter
+      // (an all -inf row gives NaN).
+      st.mp = lk_maxf(st.mp, bmp);
+      st.mq = lk_maxf(st.mq, bmq);
+      continue;
+    }
+    // Not q-dead: every live p entry has a live q entry, so sp > 0 implies sq > 0.
+    if (bmp > st.mp) {
+      if (st.sp > 0) {
+        const double dm = static_cast<double>(st.mp) - static_cast<double>(bmp);
+        const double c = __builtin_exp(dm);
+        st.u = c * (st.u + dm * st.sp);
+        st.sp *= c;
+      }
+      st.mp = bmp;
+    }
+    if (bmq > st.mq) {
+      if (st.sq > 0) {
+        const double dm = static_cast<double>(st.mq) - static_cast<double>(bmq);
+        st.sq *= __builtin_exp(dm);
+        st.u -= dm * st.sp;
+      }
+      st.mq = bmq;
+    }
+    if (bmq == kNegInf) continue;  // q all masked here, hence p too (not q-dead)
+
+    const vec vmq = Vec::set1(st.mq);
+    vec sq0 = Vec::zero(), sq1 = Vec::zero();
+    if (bmp == kNegInf) {
+      // p all masked in this block: only q's normaliser grows.
+      for (i = 0; i + 2 * W <= nfull; i += 2 * W) {
+        prefetch_span<2 * W, LK_KL_PREFETCH_LOCALITY>(xb + kBlockKL + i);
+        prefetch_span<2 * W, LK_KL_PREFETCH_LOCALITY>(yb + kBlockKL + i);
+        sq0 = Vec::add(sq0, Vec::exp_nonpos(Vec::sub(Vec::load(TY{}, yb + i), vmq)));
+        sq1 = Vec::add(sq1, Vec::exp_nonpos(Vec::sub(Vec::load(TY{}, yb + i + W), vmq)));
+      }
+      for (; i < nfull; i += W) {
+        sq0 = Vec::add(sq0, Vec::exp_nonpos(Vec::sub(Vec::load(TY{}, yb + i), vmq)));
+      }
+      if (tail) {
+        sq1 = Vec::add(sq1,
+                       Vec::exp_nonpos(Vec::sub(Vec::load_tail(TY{}, yb + nfull, tail), vmq)));
+      }
+      st.sq += static_cast<double>(Vec::reduce_add(Vec::add(sq0, sq1)));
+      continue;
+    }
+
+    // Masked p entries (p = 0, live mask false) contribute 0 even where q is masked too.
+    const vec vmp = Vec::set1(st.mp);
+    vec sp0 = Vec::zero(), sp1 = Vec::zero(), u0 = Vec::zero(), u1 = Vec::zero();
+    mask l0, l1;
+    for (i = 0; i + 2 * W <= nfull; i += 2 * W) {
+      prefetch_span<2 * W, LK_KL_PREFETCH_LOCALITY>(xb + kBlockKL + i);
+      prefetch_span<2 * W, LK_KL_PREFETCH_LOCALITY>(yb + kBlockKL + i);
+      const vec zp0 = Vec::sub(Vec::load(TX{}, xb + i), vmp);
+      const vec zp1 = Vec::sub(Vec::load(TX{}, xb + i + W), vmp);
+      const vec zq0 = Vec::sub(Vec::load(TY{}, yb + i), vmq);
+      const vec zq1 = Vec::sub(Vec::load(TY{}, yb + i + W), vmq);
+      const vec ep0 = Vec::exp_nonpos(zp0, l0);
+      const vec ep1 = Vec::exp_nonpos(zp1, l1);
+      sp0 = Vec::add(sp0, ep0);
+      sp1 = Vec::add(sp1, ep1);
+      sq0 = Vec::add(sq0, Vec::exp_nonpos(zq0));
+      sq1 = Vec::add(sq1, Vec::exp_nonpos(zq1));
+      u0 = Vec::mask_fmadd(u0, l0, ep0, Vec::sub(zp0, zq0));
+      u1 = Vec::mask_fmadd(u1, l1, ep1, Vec::sub(zp1, zq1));
+    }
+    for (; i < nfull; i += W) {
+      const vec zp0 = Vec::sub(Vec::load(TX{}, xb + i), vmp);
+      const vec zq0 = Vec::sub(Vec::load(TY{}, yb + i), vmq);
+      const vec ep0 = Vec::exp_nonpos(zp0, l0);
+      sp0 = Vec::add(sp0, ep0);
+      sq0 = Vec::add(sq0, Vec::exp_nonpos(zq0));
+      u0 = Vec::mask_fmadd(u0, l0, ep0, Vec::sub(zp0, zq0));
+    }
+    if (tail) {
+      const vec zp1 = Vec::sub(Vec::load_tail(TX{}, xb + nfull, tail), vmp);
+      const vec zq1 = Vec::sub(Vec::load_tail(TY{}, yb + nfull, tail), vmq);
+      const vec ep1 = Vec::exp_nonpos(zp1, l1);
+      sp1 = Vec::add(sp1, ep1);
+      sq1 = Vec::add(sq1, Vec::exp_nonpos(zq1));
+      u1 = Vec::mask_fmadd(u1, l1, ep1, Vec::sub(zp1, zq1));
+    }
+    st.sp += static_cast<double>(Vec::reduce_add(Vec::add(sp0, sp1)));
+    st.sq += static_cast<double>(Vec::reduce_add(Vec::add(sq0, sq1)));
+    st.u += static_cast<double>(Vec::reduce_add(Vec::add(u0, u1)));
+  }
+}
+
+// Type-erased entry points (the DType switch happens once per segment).
+LK_TARGET static void entropy_segment(const void* x, DType dt, int64_t n, EntropyState& st) {
+  switch (dt) {
+    case DType::F32:
+      entropy_segment_t<F32T>(x, n, st);
+      break;
+    case DType::F16:
+      entropy_segment_t<F16T>(x, n, st);
+      break;
+    case DType::BF16:
+      entropy_segment_t<BF16T>(x, n, st);
+      break;
+  }
+}
+
+template <class TX>
+LK_TARGET static void kl_segment_x(const void* x, const void* y, DType dy, int64_t n,
+                                   KLState& st) {
+  switch (dy) {
+    case DType::F32:
+      kl_segment_t<TX, F32T>(x, y, n, st);
+      break;
+    case DType::F16:
+      kl_segment_t<TX, F16T>(x, y, n, st);
+      break;
+    case DType::BF16:
+      kl_segment_t<TX, BF16T>(x, y, n, st);
+      break;
+  }
+}
+
+LK_TARGET static void kl_segment(const void* x, DType dx, const void* y, DType dy, int64_t n,
+                                 KLState& st) {
+  switch (dx) {
+    case DType::F32:
+      kl_segment_x<F32T>(x, y, dy, n, st);
+      break;
+    case DType::F16:
+      kl_segment_x<F16T>(x, y, dy, n, st);
+      break;
+    case DType::BF16:
+      kl_segment_x<BF16T>(x, y, dy, n, st);
+      break;
+  }
+}

@@ -1,0 +1,85 @@
+// CPU kernels: per-segment online reductions, compiled once per ISA (scalar, AVX2, AVX-512)
+// and chosen at run time. Threading and the final formulas live in ops_cpu.cpp.
+#pragma once
+
+#include <cstdint>
+
+namespace lenskit {
+namespace cpu {
+
+// Element type of an input row (fp16/bf16 are read as raw 16-bit patterns).
+enum class DType : int { F32 = 0, F16 = 1, BF16 = 2 };
+
+// Tags naming an element type inside the kernels (fp16/bf16 are raw 16-bit patterns).
+struct F32T {
+  using storage = float;
+};
+struct F16T {
+  using storage = unsigned short;
+};
+struct BF16T {
+  using storage = unsigned short;
+};
+
+// Elements per block: each block is read once from memory (max pass) and then re-read from
+// L1 for the exp pass. 2048 fp32 = 8 KiB per row; kl_div uses kBlock / 2 per row (two rows,
+// plus the prefetched next blocks, stay in a 32 KiB L1). Row segments are multiples of kBlock.
+constexpr int64_t kBlock = 2048;
+
+// Online state of sum_i e^(x_i - m) over a segment of one row.
+//   m: running max (-inf while no live entry was seen)
+//   s = sum e^(x-m),  t = sum e^(x-m) (x-m)  (entropy = log s - t/s)
+//   bad: a NaN or +inf was seen (the row's result is NaN)
+struct EntropyState {
+  float m;
+  double s;
+  double t;
+  bool bad;
+};
+
+// Online state for KL(softmax(x) || softmax(y)) over a segment of a row pair.
+//   mp, sp: max and sum e^(x-mp) of p;  mq, sq: the same for q
+//   u = sum e^(x-mp) ((x-mp) - (y-mq))  (KL = u/sp - log sp + log sq)
+//   bad: NaN or +inf in x or y;  q_dead: some entry has y == -inf but x > -inf (KL = +inf)
+struct KLState {
+  float mp;
+  float mq;
+  double sp;
+  double sq;
+  double u;
+  bool bad;
+  bool q_dead;
+};
+
+void init_state(EntropyState& st);
+void init_state(KLState& st);
+// Folds state b into a (order does not matter).
+void merge_state(EntropyState& a, const EntropyState& b);
+void merge_state(KLState& a, const KLState& b);
+float finish_state(const EntropyState& st);
+float finish_state(const KLState& st);
+
+using EntropySegmentFn = void (*)(const void* x, DType dt, int64_t n, EntropyState& st);
+using KLSegmentFn = void (*)(const void* x, DType dx, const void* y, DType dy, int64_t n,
+                             KLState& st);
+
+struct IsaKernels {
+  const char* name;
+  EntropySegmentFn entropy;
+  KLSegmentFn kl;
+};
+
+// One table per ISA (the vector ones exist only on x86-64 builds).
+IsaKernels scalar_kernels();
+#if defined(__x86_64__) || defined(_M_X64)
+#define LENSKIT_X86 1
+IsaKernels avx2_kernels();
+IsaKernels avx512_kernels();
+#endif
+
+// The best kernels this CPU supports, or the ones named by the environment variable
+// LENSKIT_CPU_ISA=scalar|avx2|avx512 (capped at what the CPU supports; read on every call).
+const IsaKernels& select_kernels();
+
+}  // namespace cpu
+}  // namespace lenskit

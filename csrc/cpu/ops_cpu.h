@@ -1,0 +1,14 @@
+// CPU implementations of the lenskit ops (registered in csrc/ops.cpp).
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace lenskit {
+
+at::Tensor entropy_cpu(const at::Tensor& logits);
+at::Tensor kl_div_cpu(const at::Tensor& p_logits, const at::Tensor& q_logits);
+at::Tensor pairwise_kl_cpu(const at::Tensor& p_logits, const at::Tensor& q_logits);
+// Name of the kernel set the next call will use: "avx512", "avx2" or "scalar".
+std::string cpu_isa();
+
+}  // namespace lenskit

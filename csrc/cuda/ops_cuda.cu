@@ -1,0 +1,737 @@
+// CUDA kernels for torch.ops.lenskit.{entropy, kl_div, pairwise_kl}.
+//
+// Semantics are those of lenskit/reference.py (see the numerical contract in DESIGN.md):
+// fp32/fp16/bf16 in, fp32 accumulation, fp32 out of shape logits.shape[:-1]; -inf entries are
+// masked (contribute 0); an all -inf row (or V == 0) gives NaN; NaN or +inf in a row gives NaN;
+// KL is +inf where q is masked and p is not; tiny negative KL is clamped to 0.
+//
+// One pass over global memory. Each thread keeps an "online softmax" state over the elements it
+// reads: the running max m (of the live, finite entries) and sums taken relative to m, which are
+// rescaled by exp(m_old - m_new) whenever m grows (once per 16-byte vector, not per element).
+//   entropy: s = sum e^(x-m),  t = sum e^(x-m) (x-m);          H  = log s - t/s
+//   kl_div:  sp = sum e^(x-mp), u = sum e^(x-mp) (x-y), sq = sum e^(y-mq);
+//            KL = u/sp + (mq - mp) + log(sq/sp)
+// NaN/+inf entries are counted in a flag and otherwise treated as masked, so the arithmetic on
+// the states never produces NaN by itself; the flags decide the special results at the end.
+// Thread states are merged with warp shuffles (butterfly) and, across warps, through shared
+// memory (one slot per warp, merged by warp 0).
+//
+// Launch configuration (chosen per call from V, the row count and the SM count):
+//   * Row addressing: rows are base + r * row_stride (any row stride, even 0), so views such as
+//     x[:, 1:] or x[:, ::2, :] are read in place; only a non-unit stride on the last dim or
+//     leading dims that cannot be collapsed into one stride trigger a .contiguous() copy.
+//   * Loads: 16 bytes per load (float4 for fp32, 8 x half/bf16 for 16-bit). A row whose base is
+//     not 16-byte aligned (x[:, 1:], odd row strides) reads its first few elements and its tail
+//     with scalar loads; the body is vectorised. For kl_div the vector path needs p and q to
+//     share the same misalignment; otherwise that row is read with (coalesced) scalar loads.
+//   * Small rows (<= 128 vectors, or <= 512 vectors when there are enough rows to fill the GPU):
+//     one warp per row, 8 rows per 256-thread block -- a whole block on a short row would leave
+//     most threads idle and pay a block-wide reduction per row.
+//   * Larger rows: one block per row, 256 threads up to 8192 vectors per row (V = 32768 fp32 /
+//     65536 half), 1024 threads above that (V = 128256 .. 262144 and beyond), so each thread
+//     reads roughly 4-32 vectors per row. The loops issue 4 independent 16-byte loads (entropy)
+//     or 2 + 2 (kl_div) before consuming them, for memory-level parallelism.
+//   * Grids are capped at 32 blocks per SM and loop over rows (grid-stride), so any row count
+//     works (N > 65535 included) without relying on huge grids.
+//   * Everything runs on the current stream (c10::cuda::getCurrentCUDAStream(), the same as
+//     at::cuda::getCurrentCUDAStream()) under a CUDAGuard for the input's device; every launch
+//     is followed by C10_CUDA_KERNEL_LAUNCH_CHECK().
+//   * kl_div with different p/q dtypes upcasts the 16-bit operand(s) to fp32 (exact) first, so
+//     the kernels are instantiated for same-dtype pairs only (keeps compile time modest).
+//   * Accuracy: expf/logf are the accurate versions (setup.py does not pass --use_fast_math to
+//     nvcc: __expf's error grows with |x| and fast-math flushes denormals).
+//
+// pairwise_kl uses the one-GEMM identity of reference.pairwise_kl with ATen ops in fp32 under
+// at::NoTF32Guard (thread-local: cuBLAS runs IEEE fp32, no TF32 / bf16x9) plus, when the user
+// enabled TF32 globally, a scoped switch-off of that flag (see GlobalTf32Off), in row chunks so
+// the temporaries stay around 2^24 elements each, with the same masking rules.
+
+#include <ATen/ATen.h>
+#include <ATen/Context.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "../common.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cfloat>
+#include <climits>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <type_traits>
+
+namespace {
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+
+constexpr unsigned kFlagBad = 1u;   // a NaN or +inf entry (in p or q)
+constexpr unsigned kFlagDead = 2u;  // kl_div: an entry live in p and masked in q
+
+constexpr int kWarpSize = 32;
+constexpr int kRowsPerWarpBlock = 8;     // warp-per-row kernels: 8 warps = 256 threads
+constexpr int64_t kWarpMaxVecs = 512;    // at most 16 vector loads per lane
+constexpr int64_t kWarpAlwaysVecs = 128;  // short enough for a warp even when rows are few
+constexpr int64_t kBlock256MaxVecs = 8192;
+constexpr int kBlocksPerSmCap = 32;
+
+// ------------------------------------------------------------------------------------------
+// Loads
+// ------------------------------------------------------------------------------------------
+
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T>
+struct VecWidth {
+  static constexpr int value = 16 / static_cast<int>(sizeof(T));
+};
+
+// 16-byte load at a 16-byte aligned address (read-only path). Kept raw so that several loads
+// can be in flight before any of them is converted.
+template <typename T>
+__device__ __forceinline__ uint4 load16(const T* p) {
+  return __ldg(reinterpret_cast<const uint4*>(p));
+}
+
+// The VecWidth<T> elements of a 16-byte word, as floats.
+template <typename T>
+__device__ __forceinline__ void unpack(const uint4& raw, float (&v)[VecWidth<T>::value]) {
+  if constexpr (std::is_same_v<T, float>) {
+    v[0] = __uint_as_float(raw.x);
+    v[1] = __uint_as_float(raw.y);
+    v[2] = __uint_as_float(raw.z);
+    v[3] = __uint_as_float(raw.w);
+  } else {
+    const unsigned words[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const unsigned short lo = static_cast<unsigned short>(words[k] & 0xffffu);
+      const unsigned short hi = static_cast<unsigned short>(words[k] >> 16);
+      if constexpr (std::is_same_v<T, __half>) {
+        v[2 * k] = __half2float(__ushort_as_half(lo));
+        v[2 * k + 1] = __half2float(__ushort_as_half(hi));
+      } else {
+        // bf16 -> fp32 is exact: the bf16 bits are the high half of the fp32 bits.
+        v[2 * k] = __uint_as_float(static_cast<unsigned>(lo) << 16);
+        v[2 * k + 1] = __uint_as_float(static_cast<unsigned>(hi) << 16);
+      }
+    }
+  }
+}
+
+// Elements before the first 16-byte boundary of a row (clamped to V). Returns V when the row is
+// not even element-aligned (the host never passes such pointers; this is only a safety net).
+template <typename T>
+__device__ __forceinline__ int aligned_head(const T* row, int V) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(row);
+  if (a % sizeof(T) != 0) return V;
+  const int head = static_cast<int>(((16u - (a & 15u)) & 15u) / sizeof(T));
+  return head < V ? head : V;
+}
+
+// "Bad" entries: NaN or +inf. !(v < inf) is true exactly for those.
+__device__ __forceinline__ bool is_bad(float v) { return !(v < kInf); }
+
+// ------------------------------------------------------------------------------------------
+// Entropy state
+// ------------------------------------------------------------------------------------------
+
+struct EntropyState {
+  float m;  // max of the live finite entries seen (-inf: none yet)
+  float s;  // sum e^(x-m)
+  float t;  // sum e^(x-m) (x-m)
+  unsigned flags;
+};
+
+__device__ __forceinline__ EntropyState entropy_identity() { return {-kInf, 0.f, 0.f, 0u}; }
+
+// (s, t) taken relative to m, re-expressed relative to m' = m - d (d <= 0):
+// e^(x-m') (x-m') = c e^(x-m) ((x-m) + d) with c = e^d, so s' = c s and t' = c (t + d s).
+// When c underflows to 0 the old terms vanish; testing it avoids 0 * (-inf) if d * s overflows
+// (only for logits near the float range limits).
+__device__ __forceinline__ void rescale_entropy(float d, float& s, float& t) {
+  const float c = expf(d);
+  if (c == 0.f) {
+    s = 0.f;
+    t = 0.f;
+  } else {
+    t = c * fmaf(d, s, t);
+    s = c * s;
+  }
+}
+
+template <int N>
+__device__ __forceinline__ void entropy_update(EntropyState& st, const float* v) {
+  float w[N];
+  float cm = -kInf;
+#pragma unroll
+  for (int j = 0; j < N; ++j) {
+    const bool bad = is_bad(v[j]);
+    st.flags |= bad ? kFlagBad : 0u;
+    w[j] = bad ? -kInf : v[j];
+    cm = fmaxf(cm, w[j]);
+  }
+  if (cm == -kInf) return;  // all masked (or bad): contributes nothing
+  if (cm > st.m) {
+    if (st.m != -kInf) rescale_entropy(st.m - cm, st.s, st.t);
+    st.m = cm;
+  }
+#pragma unroll
+  for (int j = 0; j < N; ++j) {
+    const float z = w[j] - st.m;  // -inf for masked entries
+    const float e = expf(z);      // 0 for masked entries
+    st.s += e;
+    // Clamping z keeps a masked entry's term 0 * (-FLT_MAX) = 0 instead of 0 * -inf = NaN.
+    st.t = fmaf(e, fmaxf(z, -FLT_MAX), st.t);
+  }
+}
+
+__device__ __forceinline__ EntropyState merge(const EntropyState& a, const EntropyState& b) {
+  EntropyState r;
+  r.flags = a.flags | b.flags;
+  r.m = fmaxf(a.m, b.m);
+  r.s = 0.f;
+  r.t = 0.f;
+  if (r.m != -kInf) {
+    // A state with m == -inf has seen nothing live (s == t == 0) and adds nothing.
+    if (a.m != -kInf) {
+      float s = a.s, t = a.t;
+      rescale_entropy(a.m - r.m, s, t);
+      r.s = s;
+      r.t = t;
+    }
+    if (b.m != -kInf) {
+      float s = b.s, t = b.t;
+      rescale_entropy(b.m - r.m, s, t);
+      r.s += s;
+      r.t += t;
+    }
+  }
+  return r;
+}
+
+__device__ __forceinline__ EntropyState shfl_xor(const EntropyState& a, int lane_mask) {
+  EntropyState r;
+  r.m = __shfl_xor_sync(0xffffffffu, a.m, lane_mask);
+  r.s = __shfl_xor_sync(0xffffffffu, a.s, lane_mask);
+  r.t = __shfl_xor_sync(0xffffffffu, a.t, lane_mask);
+  r.flags = __shfl_xor_sync(0xffffffffu, a.flags, lane_mask);
+  return r;
+}
+
+// ------------------------------------------------------------------------------------------
+// KL state
+// ------------------------------------------------------------------------------------------
+
+struct KlState {
+  float mp;  // max of live finite p entries
+  float sp;  // sum e^(x-mp)
+  float u;   // sum over entries live in both of e^(x-mp) (x-y)
+  float mq;  // max of live finite q entries
+  float sq;  // sum e^(y-mq)
+  unsigned flags;
+};
+
+__device__ __forceinline__ KlState kl_identity() { return {-kInf, 0.f, 0.f, -kInf, 0.f, 0u}; }
+
+template <int N>
+__device__ __forceinline__ void kl_update(KlState& st, const float* x, const float* y) {
+  float wx[N], wy[N];
+  float cmx = -kInf, cmy = -kInf;
+  unsigned flags = 0u;
+#pragma unroll
+  for (int j = 0; j < N; ++j) {
+    const bool bx = is_bad(x[j]);
+    const bool by = is_bad(y[j]);
+    wx[j] = bx ? -kInf : x[j];
+    wy[j] = by ? -kInf : y[j];
+    flags |= (bx || by) ? kFlagBad : 0u;
+    // Spurious when the -inf in wy came from a bad entry, but kFlagBad wins at the end.
+    flags |= (wx[j] != -kInf && wy[j] == -kInf) ? kFlagDead : 0u;
+    cmx = fmaxf(cmx, wx[j]);
+    cmy = fmaxf(cmy, wy[j]);
+  }
+  st.flags |= flags;
+  if (cmx != -kInf) {
+    if (cmx > st.mp) {
+      if (st.mp != -kInf) {
+        const float c = expf(st.mp - cmx);
+        st.sp *= c;
+        st.u *= c;
+      }
+      st.mp = cmx;
+    }
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+      const float e = expf(wx[j] - st.mp);  // 0 where p is masked
+      st.sp += e;
+      // Entries masked in p or q add 0 (a live-p / dead-q entry already set kFlagDead).
+      const bool both_live = (wx[j] != -kInf) && (wy[j] != -kInf);
+      st.u += both_live ? e * (wx[j] - wy[j]) : 0.f;
+    }
+  }
+  if (cmy != -kInf) {
+    if (cmy > st.mq) {
+      if (st.mq != -kInf) st.sq *= expf(st.mq - cmy);
+      st.mq = cmy;
+    }
+#pragma unroll
+    for (int j = 0; j < N; ++j) st.sq += expf(wy[j] - st.mq);
+  }
+}
+
+__device__ __forceinline__ KlState merge(const KlState& a, const KlState& b) {
+  KlState r;
+  r.flags = a.flags | b.flags;
+  r.mp = fmaxf(a.mp, b.mp);
+  r.sp = 0.f;
+  r.u = 0.f;
+  if (r.mp != -kInf) {
+    if (a.mp != -kInf) {
+      const float c = expf(a.mp - r.mp);
+      r.sp = c * a.sp;
+      r.u = c * a.u;
+    }
+    if (b.mp != -kInf) {
+      const float c = expf(b.mp - r.mp);
+      r.sp += c * b.sp;
+      r.u += c * b.u;
+    }
+  }
+  r.mq = fmaxf(a.mq, b.mq);
+  r.sq = 0.f;
+  if (r.mq != -kInf) {
+    if (a.mq != -kInf) r.sq = expf(a.mq - r.mq) * a.sq;
+    if (b.mq != -kInf) r.sq += expf(b.mq - r.mq) * b.sq;
+  }
+  return r;
+}
+
+__device__ __forceinline__ KlState shfl_xor(const KlState& a, int lane_mask) {
+  KlState r;
+  r.mp = __shfl_xor_sync(0xffffffffu, a.mp, lane_mask);
+  r.sp = __shfl_xor_sync(0xffffffffu, a.sp, lane_mask);
+  r.u = __shfl_xor_sync(0xffffffffu, a.u, lane_mask);
+  r.mq = __shfl_xor_sync(0xffffffffu, a.mq, lane_mask);
+  r.sq = __shfl_xor_sync(0xffffffffu, a.sq, lane_mask);
+  r.flags = __shfl_xor_sync(0xffffffffu, a.flags, lane_mask);
+  return r;
+}
+
+// ------------------------------------------------------------------------------------------
+// Per-row work: the threads tid = 0..NT-1 of a warp (NT = 32) or a block (NT = blockDim.x)
+// each return their partial state over one row.
+// ------------------------------------------------------------------------------------------
+
+template <typename T>
+struct EntropyRows {
+  using State = EntropyState;
+  const T* __restrict__ base;
+  int64_t row_stride;
+
+  __device__ __forceinline__ State identity() const { return entropy_identity(); }
+
+  template <int NT>
+  __device__ __forceinline__ State partial(int64_t r, int V, int tid) const {
+    constexpr int VEC = VecWidth<T>::value;
+    const T* __restrict__ row = base + r * row_stride;
+    State st = entropy_identity();
+    const int head = aligned_head(row, V);
+    for (int i = tid; i < head; i += NT) {
+      const float v = to_float(row[i]);
+      entropy_update<1>(st, &v);
+    }
+    const int nvec = (V - head) / VEC;
+    const T* __restrict__ body = row + head;
+    // kUnroll independent 16-byte loads are issued before any is consumed (memory-level
+    // parallelism); the remainder goes one vector at a time.
+    constexpr int kUnroll = 4;
+    int k = tid;
+    for (; k + (kUnroll - 1) * NT < nvec; k += kUnroll * NT) {
+      uint4 raw[kUnroll];
+#pragma unroll
+      for (int j = 0; j < kUnroll; ++j) raw[j] = load16(body + (k + j * NT) * VEC);
+#pragma unroll
+      for (int j = 0; j < kUnroll; ++j) {
+        float v[VEC];
+        unpack<T>(raw[j], v);
+        entropy_update<VEC>(st, v);
+      }
+    }
+    for (; k < nvec; k += NT) {
+      float v[VEC];
+      unpack<T>(load16(body + k * VEC), v);
+      entropy_update<VEC>(st, v);
+    }
+    for (int i = head + nvec * VEC + tid; i < V; i += NT) {
+      const float v = to_float(row[i]);
+      entropy_update<1>(st, &v);
+    }
+    return st;
+  }
+
+  __device__ __forceinline__ float finish(const State& st) const {
+    if (st.flags != 0u || st.m == -kInf) return kNaN;  // NaN/+inf seen, all masked, or V == 0
+    return logf(st.s) - st.t / st.s;
+  }
+};
+
+template <typename T>
+struct KlRows {
+  using State = KlState;
+  const T* __restrict__ p;
+  const T* __restrict__ q;
+  int64_t p_stride;
+  int64_t q_stride;
+
+  __device__ __forceinline__ State identity() const { return kl_identity(); }
+
+  template <int NT>
+  __device__ __forceinline__ State partial(int64_t r, int V, int tid) const {
+    constexpr int VEC = VecWidth<T>::value;
+    const T* __restrict__ x = p + r * p_stride;
+    const T* __restrict__ y = q + r * q_stride;
+    State st = kl_identity();
+    // Joint vector loads need p and q to sit at the same offset from a 16-byte boundary.
+    const bool same_phase =
+        (reinterpret_cast<uintptr_t>(x) & 15u) == (reinterpret_cast<uintptr_t>(y) & 15u);
+    const int head = same_phase ? aligned_head(x, V) : V;
+    for (int i = tid; i < head; i += NT) {
+      const float a = to_float(x[i]);
+      const float b = to_float(y[i]);
+      kl_update<1>(st, &a, &b);
+    }
+    const int nvec = (V - head) / VEC;
+    const T* __restrict__ xb = x + head;
+    const T* __restrict__ yb = y + head;
+    constexpr int kUnroll = 2;  // x 2 streams = 4 loads in flight per thread
+    int k = tid;
+    for (; k + (kUnroll - 1) * NT < nvec; k += kUnroll * NT) {
+      uint4 rx[kUnroll], ry[kUnroll];
+#pragma unroll
+      for (int j = 0; j < kUnroll; ++j) {
+        rx[j] = load16(xb + (k + j * NT) * VEC);
+        ry[j] = load16(yb + (k + j * NT) * VEC);
+      }
+#pragma unroll
+      for (int j = 0; j < kUnroll; ++j) {
+        float a[VEC], b[VEC];
+        unpack<T>(rx[j], a);
+        unpack<T>(ry[j], b);
+        kl_update<VEC>(st, a, b);
+      }
+    }
+    for (; k < nvec; k += NT) {
+      float a[VEC], b[VEC];
+      unpack<T>(load16(xb + k * VEC), a);
+      unpack<T>(load16(yb + k * VEC), b);
+      kl_update<VEC>(st, a, b);
+    }
+    for (int i = head + nvec * VEC + tid; i < V; i += NT) {
+      const float a = to_float(x[i]);
+      const float b = to_float(y[i]);
+      kl_update<1>(st, &a, &b);
+    }
+    return st;
+  }
+
+  __device__ __forceinline__ float finish(const State& st) const {
+    if ((st.flags & kFlagBad) != 0u || st.mp == -kInf || st.mq == -kInf) return kNaN;
+    if ((st.flags & kFlagDead) != 0u) return kInf;
+    // KL = E_p[x - y] + (mq - mp) + log(sq / sp); the ratio keeps log's rounding relative to
+    // the (often tiny) KL rather than to log sp ~ log V.
+    const float kl = st.u / st.sp + (st.mq - st.mp) + logf(st.sq / st.sp);
+    return kl < 0.f ? 0.f : kl;  // rounding can leave a tiny negative value
+  }
+};
+
+// ------------------------------------------------------------------------------------------
+// Reductions and kernels
+// ------------------------------------------------------------------------------------------
+
+template <typename S>
+__device__ __forceinline__ S warp_reduce(S st) {
+#pragma unroll
+  for (int off = kWarpSize / 2; off > 0; off >>= 1) st = merge(st, shfl_xor(st, off));
+  return st;  // every lane holds the merged state
+}
+
+// One warp per row, kRowsPerWarpBlock rows per block, grid-stride over row groups.
+template <typename Op>
+__global__ void __launch_bounds__(kRowsPerWarpBlock * kWarpSize)
+    rows_warp_kernel(const Op op, const int64_t rows, const int V, float* __restrict__ out) {
+  const int lane = threadIdx.x & (kWarpSize - 1);
+  const int warp = threadIdx.x / kWarpSize;
+  // r is uniform across the warp, so the full-mask shuffles below see all 32 lanes.
+  for (int64_t r = static_cast<int64_t>(blockIdx.x) * kRowsPerWarpBlock + warp; r < rows;
+       r += static_cast<int64_t>(gridDim.x) * kRowsPerWarpBlock) {
+    auto st = op.template partial<kWarpSize>(r, V, lane);
+    st = warp_reduce(st);
+    if (lane == 0) out[r] = op.finish(st);
+  }
+}
+
+// One block of BLOCK threads per row, grid-stride over rows.
+template <typename Op, int BLOCK>
+__global__ void __launch_bounds__(BLOCK)
+    rows_block_kernel(const Op op, const int64_t rows, const int V, float* __restrict__ out) {
+  static_assert(BLOCK % kWarpSize == 0 && BLOCK / kWarpSize <= kWarpSize, "BLOCK: 32..1024");
+  constexpr int kWarps = BLOCK / kWarpSize;
+  using State = typename Op::State;
+  __shared__ State partials[kWarps];
+  const int lane = threadIdx.x & (kWarpSize - 1);
+  const int warp = threadIdx.x / kWarpSize;
+  // r is uniform across the block, so the __syncthreads() below are reached by all threads.
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    State st = op.template partial<BLOCK>(r, V, threadIdx.x);
+    st = warp_reduce(st);
+    if (lane == 0) partials[warp] = st;
+    __syncthreads();
+    if (warp == 0) {
+      st = lane < kWarps ? partials[lane] : op.identity();
+      st = warp_reduce(st);
+      if (lane == 0) out[r] = op.finish(st);
+    }
+    __syncthreads();  // partials[] is rewritten for the next row
+  }
+}
+
+// SM count of the current device, queried once per device. (ATen/cuda/CUDAContext.h would give
+// it too, but it pulls in cuBLAS/cuSPARSE headers that a bare CUDA toolkit may lack.)
+int current_device_sm_count() {
+  constexpr int kMaxDevices = 64;
+  static std::atomic<int> cache[kMaxDevices] = {};
+  const int dev = c10::cuda::current_device();
+  if (dev >= 0 && dev < kMaxDevices) {
+    const int cached = cache[dev].load(std::memory_order_relaxed);
+    if (cached > 0) return cached;
+  }
+  int sms = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  sms = std::max(sms, 1);
+  if (dev >= 0 && dev < kMaxDevices) cache[dev].store(sms, std::memory_order_relaxed);
+  return sms;
+}
+
+template <typename Op>
+void launch_rows(const Op& op, int64_t rows, int64_t V, int vec_width, float* out) {
+  if (rows == 0) return;
+  TORCH_CHECK(V <= static_cast<int64_t>(INT_MAX), "lenskit: the last dim (", V,
+              ") is too long for the CUDA kernels (at most ", INT_MAX, ")");
+  const int v = static_cast<int>(V);
+  const int64_t nvec = (V + vec_width - 1) / vec_width;
+  const int sms = current_device_sm_count();
+  const int64_t cap = static_cast<int64_t>(sms) * kBlocksPerSmCap;
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const bool many_rows = rows >= static_cast<int64_t>(sms) * kRowsPerWarpBlock;
+  if (nvec <= kWarpAlwaysVecs || (nvec <= kWarpMaxVecs && many_rows)) {
+    const int64_t groups = (rows + kRowsPerWarpBlock - 1) / kRowsPerWarpBlock;
+    const unsigned grid = static_cast<unsigned>(std::min(groups, cap));
+    rows_warp_kernel<Op><<<grid, kRowsPerWarpBlock * kWarpSize, 0, stream>>>(op, rows, v, out);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  } else if (nvec <= kBlock256MaxVecs) {
+    const unsigned grid = static_cast<unsigned>(std::min(rows, cap));
+    rows_block_kernel<Op, 256><<<grid, 256, 0, stream>>>(op, rows, v, out);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  } else {
+    const unsigned grid = static_cast<unsigned>(std::min(rows, cap));
+    rows_block_kernel<Op, 1024><<<grid, 1024, 0, stream>>>(op, rows, v, out);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+}
+
+// ------------------------------------------------------------------------------------------
+// Host side: checks, row views, dispatch
+// ------------------------------------------------------------------------------------------
+
+// Argument checks shared with the CPU kernels (csrc/common.h), plus the device check that only
+// this backend needs: kl_div(cuda_tensor, cpu_tensor) is dispatched here (CUDA wins over CPU).
+void check_cuda(const char* op, const char* name, const at::Tensor& x) {
+  TORCH_CHECK_VALUE(x.is_cuda(), "lenskit.", op, ": ", name,
+                    " must be a CUDA tensor for the CUDA kernels, got device ", x.device());
+}
+
+// A tensor seen as `rows` rows of V elements at base + r * row_stride (element units).
+struct RowView {
+  at::Tensor t;  // x itself, or a contiguous copy
+  int64_t rows;
+  int64_t V;
+  int64_t row_stride;
+};
+
+RowView row_view(const at::Tensor& x) {
+  const int64_t nd = x.dim();
+  const int64_t V = x.size(nd - 1);
+  int64_t rows = 1;
+  for (int64_t d = 0; d < nd - 1; ++d) rows *= x.size(d);
+
+  bool in_place = (V <= 1 || x.stride(nd - 1) == 1) &&
+                  reinterpret_cast<uintptr_t>(x.const_data_ptr()) % x.element_size() == 0;
+  int64_t row_stride = V;
+  if (in_place) {
+    // The leading dims of size > 1 must collapse into one: stride[d] == stride[d+1] * size[d+1].
+    int64_t expected = -1;  // the stride the next outer dim needs (-1: no dim seen yet)
+    for (int64_t d = nd - 2; d >= 0; --d) {
+      if (x.size(d) == 1) continue;
+      if (expected < 0) {
+        row_stride = x.stride(d);
+      } else if (x.stride(d) != expected) {
+        in_place = false;
+        break;
+      }
+      expected = x.stride(d) * x.size(d);
+    }
+  }
+  if (in_place) return {x, rows, V, row_stride};
+  // clone() (not contiguous(), which returns x when it is already contiguous) also fixes the
+  // theoretical case of a data pointer that is not element-aligned.
+  return {x.clone(at::MemoryFormat::Contiguous), rows, V, V};
+}
+
+template <typename F>
+void dispatch_storage(at::ScalarType t, F&& f) {
+  switch (t) {
+    case at::kFloat:
+      f(float{});
+      break;
+    case at::kHalf:
+      f(__half{});
+      break;
+    case at::kBFloat16:
+      f(__nv_bfloat16{});
+      break;
+    default:
+      TORCH_CHECK_TYPE(false, "lenskit: unsupported dtype ", t);
+  }
+}
+
+at::Tensor entropy_cuda(const at::Tensor& logits) {
+  lenskit::check_logits("entropy", "logits", logits);
+  check_cuda("entropy", "logits", logits);
+  const c10::cuda::CUDAGuard guard(logits.device());
+  at::Tensor out = at::empty(lenskit::lead_shape(logits), logits.options().dtype(at::kFloat));
+  const RowView rv = row_view(logits);
+  if (rv.rows == 0) return out;
+  dispatch_storage(rv.t.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    const EntropyRows<T> op{reinterpret_cast<const T*>(rv.t.const_data_ptr()), rv.row_stride};
+    launch_rows(op, rv.rows, rv.V, VecWidth<T>::value, out.mutable_data_ptr<float>());
+  });
+  return out;
+}
+
+at::Tensor kl_div_cuda(const at::Tensor& p_logits, const at::Tensor& q_logits) {
+  lenskit::check_kl_div_args(p_logits, q_logits);
+  check_cuda("kl_div", "p_logits", p_logits);
+  const c10::cuda::CUDAGuard guard(p_logits.device());
+  at::Tensor out = at::empty(lenskit::lead_shape(p_logits), p_logits.options().dtype(at::kFloat));
+  if (out.numel() == 0) return out;
+  at::Tensor p = p_logits;
+  at::Tensor q = q_logits;
+  if (p.scalar_type() != q.scalar_type()) {
+    // Mixed dtypes: upcast to fp32 (exact) rather than instantiate every (p, q) dtype pair.
+    p = p.to(at::kFloat);
+    q = q.to(at::kFloat);
+  }
+  const RowView pv = row_view(p);
+  const RowView qv = row_view(q);
+  dispatch_storage(pv.t.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    const KlRows<T> op{reinterpret_cast<const T*>(pv.t.const_data_ptr()),
+                       reinterpret_cast<const T*>(qv.t.const_data_ptr()), pv.row_stride,
+                       qv.row_stride};
+    launch_rows(op, pv.rows, pv.V, VecWidth<T>::value, out.mutable_data_ptr<float>());
+  });
+  return out;
+}
+
+// (p, log p with masked entries set to 0, row ok) for an fp32 [n, V] block, as in
+// reference._log_softmax_parts.
+struct LogSoftmaxParts {
+  at::Tensor p;
+  at::Tensor logp0;
+  at::Tensor ok;
+};
+
+LogSoftmaxParts log_softmax_parts(const at::Tensor& x) {
+  const at::Tensor ok = at::isfinite(std::get<0>(x.max(-1)));
+  const at::Tensor logp = at::log_softmax(x, -1);
+  const at::Tensor logp0 = at::where(x.eq(-kInf), 0.0, logp);
+  return {logp.exp(), logp0, ok};
+}
+
+// Switches the process-wide "allow TF32 in cuBLAS" flag off for its lifetime when the user had
+// it on (what reference.pairwise_kl does with torch.backends.cuda.matmul.allow_tf32). It backs
+// up at::NoTF32Guard, which the cuBLAS handle honours but which some cuBLASLt code paths (used
+// when the preferred BLAS backend is cuBLASLt) do not consult. Like the Python version, it is
+// not thread-safe with respect to other threads changing the flag at the same time.
+class GlobalTf32Off {
+ public:
+  GlobalTf32Off() : was_on_(at::globalContext().allowTF32CuBLAS()) {
+    if (was_on_) at::globalContext().setAllowTF32CuBLAS(false);
+  }
+  ~GlobalTf32Off() {
+    if (!was_on_) return;
+    try {
+      at::globalContext().setAllowTF32CuBLAS(true);
+    } catch (...) {  // never throw from a destructor
+    }
+  }
+  GlobalTf32Off(const GlobalTf32Off&) = delete;
+  GlobalTf32Off& operator=(const GlobalTf32Off&) = delete;
+
+ private:
+  bool was_on_;
+};
+
+at::Tensor pairwise_kl_cuda(const at::Tensor& p_logits, const at::Tensor& q_logits) {
+  lenskit::check_pairwise_kl_args(p_logits, q_logits);
+  check_cuda("pairwise_kl", "p_logits", p_logits);
+  const c10::cuda::CUDAGuard guard(p_logits.device());
+  const int64_t n = p_logits.size(0);
+  const int64_t v = p_logits.size(1);
+  const int64_t m = q_logits.size(0);
+  at::Tensor out = at::empty({n, m}, p_logits.options().dtype(at::kFloat));
+  if (n == 0 || m == 0) return out;
+  if (v == 0) return out.fill_(kNaN);
+
+  const int64_t step = std::max<int64_t>(1, (int64_t{1} << 24) / (3 * v));
+  // IEEE fp32 GEMMs: TF32 would ruin the cancellation between the two terms of the identity.
+  // Both guards restore the previous settings on exit, exceptions included.
+  at::NoTF32Guard no_tf32;
+  GlobalTf32Off global_tf32_off;
+  for (int64_t j = 0; j < m; j += step) {
+    const at::Tensor y = q_logits.slice(0, j, std::min(j + step, m)).to(at::kFloat);
+    const LogSoftmaxParts qp = log_softmax_parts(y);
+    const at::Tensor q_dead = y.eq(-kInf).to(at::kFloat);
+    for (int64_t i = 0; i < n; i += step) {
+      const at::Tensor x = p_logits.slice(0, i, std::min(i + step, n)).to(at::kFloat);
+      const LogSoftmaxParts pp = log_softmax_parts(x);
+      const at::Tensor neg_h = (pp.p * pp.logp0).sum(-1, /*keepdim=*/true);
+      at::Tensor kl = (neg_h - at::mm(pp.p, qp.logp0.t())).clamp_min_(0.0);
+      const at::Tensor p_live = x.gt(-kInf).to(at::kFloat);
+      // Sums of 0/1 products: > 0 exactly when some entry is live in p and masked in q.
+      kl = at::where(at::mm(p_live, q_dead.t()).gt(0.0), kInf, kl);
+      kl = at::where(pp.ok.unsqueeze(1).logical_and(qp.ok.unsqueeze(0)), kl, kNaN);
+      out.slice(0, i, std::min(i + step, n)).slice(1, j, std::min(j + step, m)).copy_(kl);
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(lenskit, CUDA, m) {
+  m.impl("entropy", &entropy_cuda);
+  m.impl("kl_div", &kl_div_cuda);
+  m.impl("pairwise_kl", &pairwise_kl_cuda);
+}
