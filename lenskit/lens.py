@@ -7,13 +7,29 @@ row i in 1..L-1 = output of block i read out; row L "out" = the model's own logi
 from __future__ import annotations
 
 import json
+import math
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
-__all__ = ["LensResult", "run_lens"]
+from lenskit.models import (
+    Readout,
+    ReadoutError,
+    context_length,
+    decoder_layers,
+    find_readout,
+    model_name,
+)
+from lenskit.ops import entropy, kl_div
+from lenskit.prompts import encode_prompt
+from lenskit.tokens import format_token
+
+__all__ = ["LensResult", "TargetError", "layer_names", "run_lens", "target_token_id"]
 
 #: Units of the float fields, for labels and exports.
 UNITS = {
@@ -34,7 +50,9 @@ def _as_array(value: Any, dtype: Any, name: str, ndim: int) -> np.ndarray:
 
 def _str_array(value: Any, name: str, ndim: int) -> np.ndarray:
     arr = np.empty(np.shape(value), dtype=object)
-    arr[...] = value if ndim == 1 or isinstance(value, np.ndarray) else np.asarray(value, dtype=object)
+    arr[...] = (
+        value if ndim == 1 or isinstance(value, np.ndarray) else np.asarray(value, dtype=object)
+    )
     if arr.ndim != ndim:
         raise ValueError(f"LensResult.{name} must have {ndim} dimensions, got shape {arr.shape}")
     return arr
@@ -99,7 +117,9 @@ class LensResult:
         self.top_tokens = _str_array(self.top_tokens, "top_tokens", 3)
         self.top_probs = _as_array(self.top_probs, np.float32, "top_probs", 3)
         self.is_special = _as_array(self.is_special, bool, "is_special", 1)
-        self.template_positions = _as_array(self.template_positions, np.int64, "template_positions", 1)
+        self.template_positions = _as_array(
+            self.template_positions, np.int64, "template_positions", 1
+        )
         self.vocab_size = int(self.vocab_size)
         r, t = self.entropy.shape
         k = self.top_ids.shape[2]
@@ -117,11 +137,15 @@ class LensResult:
         for name, shape in expected.items():
             got = getattr(self, name).shape
             if got != shape:
-                raise ValueError(f"LensResult.{name} has shape {got}, expected {shape} (R={r}, T={t}, k={k})")
+                raise ValueError(
+                    f"LensResult.{name} has shape {got}, expected {shape} (R={r}, T={t}, k={k})"
+                )
         if self.template_positions.size and (
             self.template_positions.min() < 0 or self.template_positions.max() >= t
         ):
-            raise ValueError(f"LensResult.template_positions out of range [0, {t}): {self.template_positions}")
+            raise ValueError(
+                f"LensResult.template_positions out of range [0, {t}): {self.template_positions}"
+            )
         if self.vocab_size < 1:
             raise ValueError(f"LensResult.vocab_size must be >= 1, got {self.vocab_size}")
         if self.target_prob is not None or self.target_rank is not None:
@@ -198,5 +222,350 @@ class LensResult:
         return cls.from_dict(json.loads(text))
 
 
-def run_lens(*args: Any, **kwargs: Any) -> LensResult:  # replaced by the engine implementation
-    raise NotImplementedError
+class TargetError(ValueError):
+    """The target is not exactly one token of the model's vocabulary."""
+
+
+#: Bytes of fp32 logits per read-out chunk when ``chunk_size`` is not given (the default
+#: model's 31 rows x ~44 positions: one chunk for short prompts, bounded for long ones).
+DEFAULT_CHUNK_BYTES = 256 << 20
+
+
+def layer_names(n_layers: int) -> list[str]:
+    """Row labels for L decoder blocks: ``["emb", "1", ..., "L-1", "out"]`` (R = L + 1)."""
+    return ["emb", *[str(i) for i in range(1, n_layers)], "out"]
+
+
+def target_token_id(tokenizer: Any, target: str | int) -> int:
+    """The id of a single-token target such as ``" Canberra"`` (no special tokens added).
+
+    Raises:
+        TargetError: empty target, or it tokenizes to more than one token (the message shows
+            how it tokenizes).
+    """
+    if isinstance(target, (int, np.integer)):
+        return int(target)
+    if not isinstance(target, str) or target == "":
+        raise TargetError("The target is empty: give one token, e.g. ' Canberra' (note the space).")
+    ids = tokenizer.encode(target, add_special_tokens=False)
+    if len(ids) != 1:
+        pieces = tokenizer.convert_ids_to_tokens(ids)
+        hint = ""
+        if not target.startswith(" "):
+            hint = (
+                " Words after a space usually need the leading space, e.g. ' "
+                + target.strip()
+                + "'."
+            )
+        raise TargetError(
+            f"The target {target!r} is {len(ids)} tokens {pieces}, not one: pick a single "
+            f"token (the first piece is {pieces[0]!r} if you want that).{hint}"
+            if ids
+            else f"The target {target!r} gives no tokens."
+        )
+    return int(ids[0])
+
+
+def _vocab_strings(tokenizer: Any, ids: np.ndarray) -> np.ndarray:
+    """Raw vocabulary strings for an int array of any shape (ids past the tokenizer -> "<id>")."""
+    uniq, inverse = np.unique(ids, return_inverse=True)
+    n_tok = len(tokenizer)
+    strings = []
+    known = [int(i) for i in uniq if 0 <= i < n_tok]
+    conv = dict(zip(known, tokenizer.convert_ids_to_tokens(known), strict=True)) if known else {}
+    for i in uniq:
+        s = conv.get(int(i))
+        strings.append(s if s is not None else f"<{int(i)}>")
+    out = np.empty(len(strings), dtype=object)
+    out[:] = strings
+    return out[inverse].reshape(ids.shape)
+
+
+def _forward(model: Any, input_ids: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    """One forward pass: (hidden_states, model logits at the last position ``[V]``)."""
+    kwargs = {"output_hidden_states": True, "use_cache": False, "return_dict": True}
+    try:
+        # logits_to_keep=1: the model's own [T, V] logits are never materialised.
+        out = model(input_ids, logits_to_keep=1, **kwargs)
+    except TypeError:
+        out = model(input_ids, **kwargs)
+    return out.hidden_states, out.logits[0, -1]
+
+
+def _topk(z: torch.Tensor, k: int, block: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k of ``z [M, V]`` along the last dim, (values, ids), largest first.
+
+    On CPU ``torch.topk`` over a long row is ~6x slower than one vectorised ``amax``; the k
+    largest values always lie in the k blocks with the largest maxima (a block holding one
+    of them has a maximum >= the k-th value, and at most k blocks can), so rank block maxima
+    first and run the exact topk on those k blocks (plus the ragged tail) only.
+    """
+    m, v = z.shape
+    n_blocks = v // block
+    if z.device.type != "cpu" or n_blocks <= 2 * k:
+        return torch.topk(z, k, dim=-1)
+    body = n_blocks * block
+    block_max = z[:, :body].view(m, n_blocks, block).amax(dim=-1)
+    best_blocks = torch.topk(block_max, k, dim=-1).indices  # [M, k]
+    offsets = torch.arange(block, device=z.device)
+    idx = (best_blocks[:, :, None] * block + offsets).view(m, k * block)
+    if body < v:  # the tail that does not fill a block is always a candidate
+        tail = torch.arange(body, v, device=z.device).expand(m, v - body)
+        idx = torch.cat([idx, tail], dim=1)
+    vals, j = torch.topk(torch.gather(z, 1, idx), k, dim=-1)
+    return vals, torch.gather(idx, 1, j)
+
+
+def _chunk_stats(
+    x: torch.Tensor,
+    z: torch.Tensor,
+    readout: Readout,
+    k: int,
+    target_id: int | None,
+    mean_weight: torch.Tensor | None,
+) -> dict[str, torch.Tensor]:
+    """Statistics of one chunk: read-out inputs ``x [P, R, d]`` and their logits ``z [P, R, V]``
+    (row R-1 is "out" at each of the P positions).
+
+    Passes over the ``P x R x V`` logits: fused entropy, fused KL to the out row, fused KL
+    from the uniform distribution, and one block-max for top-k. The log-normaliser that the
+    top-k probabilities need comes from the third without a logsumexp pass:
+    KL(uniform || p_row) = lse_row - log V - mean(z_row), and for a linear read-out
+    mean(z_row) = scale * (x_row . mean_v(W_v) + mean(b)) is a [d] dot product.
+
+    Args:
+        mean_weight: ``[d]`` mean of the unembedding rows for linear read-outs, else None.
+    """
+    p, r, v = z.shape
+    flat = z.view(p * r, v)
+    ent = entropy(flat).view(p, r)
+    top_vals, top_ids = _topk(flat, k)
+    z_out = z[:, r - 1, :]  # [P, V], rows are contiguous
+    # Per position: its out row broadcast (stride 0, no copy) against the position's R rows.
+    kl = torch.stack([kl_div(z_out[i].expand(r, v), z[i]) for i in range(p)])
+    # A [V] row broadcast with strides (0, 1): the kernels read it in place (a 0-d tensor
+    # expanded would have a zero column stride and be copied to a full [P*R, V] array).
+    uniform = torch.zeros(v, dtype=z.dtype, device=z.device).expand(p * r, v)
+    kl_uniform = kl_div(uniform, flat).view(p, r)
+    if mean_weight is not None:
+        mean_z = x.to(mean_weight.dtype) @ mean_weight
+        bias = readout.unembed.bias
+        if bias is not None:
+            mean_z = mean_z + bias.mean()
+        mean_z = mean_z.float() * readout.scale
+    else:  # non-linear (soft-capped) logits: average them directly
+        mean_z = flat.mean(dim=-1, dtype=torch.float32).view(p, r)
+    lse = kl_uniform + math.log(v) + mean_z  # [P, R] log-normaliser of every row
+    bad = ~torch.isfinite(lse)
+    if bool(bad.any()):  # masked (-inf) logits make KL(uniform || .) infinite: do it directly
+        lse[bad] = torch.logsumexp(flat.view(p, r, v)[bad].float(), dim=-1)
+    # Rounding can put lse a hair below the top logit: keep probabilities <= 1.
+    lse = torch.maximum(lse, top_vals[:, 0].float().view(p, r))
+    stats = {
+        "entropy": ent,
+        "kl_to_final": kl,
+        "top_ids": top_ids.view(p, r, k),
+        "top_probs": torch.exp(top_vals.float().view(p, r, k) - lse[:, :, None]),
+    }
+    if target_id is not None:
+        zt = flat[:, target_id]
+        stats["target_prob"] = torch.exp(zt.float().view(p, r) - lse)
+        stats["target_rank"] = (flat > zt[:, None]).sum(dim=-1).view(p, r)
+    return stats
+
+
+def run_lens(
+    model: Any,
+    tokenizer: Any,
+    prompt: str | Sequence[dict[str, str]],
+    *,
+    chat: bool = True,
+    system: str | None = None,
+    top_k: int = 5,
+    target: str | int | None = None,
+    chunk_size: int | None = None,
+    progress: Callable[[float, str], None] | bool | None = None,
+) -> LensResult:
+    """Run the logit lens on one prompt: every layer read out at every position.
+
+    One forward pass (``output_hidden_states=True``); the read-out then streams over chunks of
+    (row, position) cells, so at most ``chunk_size x V`` logits exist at a time. Row "out" is
+    the model's own logits (HF's last hidden state through the unembedding and soft-cap only).
+
+    Args:
+        model: a causal LM from :func:`lenskit.load_model` (any device/dtype).
+        tokenizer: its tokenizer.
+        prompt: the user's text (or chat messages, see :func:`lenskit.encode_prompt`).
+        chat: wrap the prompt in the chat template (``add_generation_prompt=True``).
+        system: optional system prompt (chat only).
+        top_k: number of top tokens kept per cell (1 <= k <= V).
+        target: optional single-token target string (e.g. ``" Canberra"``) or token id.
+        chunk_size: cells (row x position logit vectors) per chunk, rounded to whole
+            positions (all R rows of a position together); default ~256 MiB of fp32 logits.
+        progress: ``progress(fraction, message)``, True for a tqdm bar on stderr, or None.
+
+    Returns:
+        :class:`LensResult` with R = L + 1 rows and T positions; entropy and KL in nats.
+
+    Raises:
+        lenskit.prompts.PromptError: empty prompt, longer than the model's context, or
+            ``chat=True`` with a tokenizer that has no chat template.
+        TargetError: the target is not exactly one token.
+        ValueError: bad ``top_k`` or ``chunk_size``.
+        lenskit.models.ReadoutError: the architecture's read-out cannot be found, or does not
+            reproduce the model's own logits.
+    """
+    readout = find_readout(model)
+    layers = decoder_layers(model)
+    n_layers = len(layers)
+    n_rows = n_layers + 1
+    vocab = readout.vocab_size
+    if (
+        not isinstance(top_k, (int, np.integer))
+        or isinstance(top_k, bool)
+        or not 1 <= top_k <= vocab
+    ):
+        raise ValueError(f"top_k must be an integer in [1, {vocab}], got {top_k!r}")
+    if chunk_size is not None and (not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    encoded = encode_prompt(
+        tokenizer, prompt, chat=chat, system=system, max_length=context_length(model)
+    )
+    target_id = None if target is None else target_token_id(tokenizer, target)
+    if target_id is not None and not 0 <= target_id < vocab:
+        raise TargetError(f"target id {target_id} is outside the vocabulary [0, {vocab})")
+
+    report, close = _progress(progress, len(encoded))
+    try:
+        report(0.0, f"Forward pass over {len(encoded)} tokens")
+        weight = readout.unembed.weight
+        device = weight.device
+        ids = torch.tensor([encoded.input_ids], dtype=torch.long, device=model.device)
+        with torch.inference_mode():
+            hidden, model_last = _forward(model, ids)
+            if len(hidden) != n_rows:
+                raise ReadoutError(
+                    f"{readout.architecture} returned {len(hidden)} hidden states for "
+                    f"{n_layers} decoder blocks (expected {n_rows})"
+                )
+            stats = _read_out(readout, hidden, top_k, target_id, chunk_size, device, report)
+            _check_out_row(readout, stats.pop("last_out_logits"), model_last)
+    finally:
+        if close is not None:
+            close()
+
+    top_ids = stats["top_ids"]
+    tokens = np.asarray(encoded.tokens, dtype=object)
+    result = LensResult(
+        token_ids=np.asarray(encoded.input_ids, dtype=np.int64),
+        tokens=tokens,
+        display_tokens=[format_token(t) for t in encoded.tokens],
+        layer_names=layer_names(n_layers),
+        entropy=stats["entropy"],
+        kl_to_final=stats["kl_to_final"],
+        top_ids=top_ids,
+        top_tokens=_vocab_strings(tokenizer, top_ids),
+        top_probs=stats["top_probs"],
+        is_special=encoded.is_special,
+        template_positions=encoded.template_positions,
+        vocab_size=vocab,
+        model_name=model_name(model),
+        prompt=encoded.prompt,
+        chat=chat,
+        system=system,
+        target=None if target is None else (target if isinstance(target, str) else str(target)),
+        target_id=target_id,
+        target_prob=stats.get("target_prob"),
+        target_rank=stats.get("target_rank"),
+    )
+    return result
+
+
+def _progress(
+    progress: Callable[[float, str], None] | bool | None, n_tokens: int
+) -> tuple[Callable[[float, str], None], Callable[[], None] | None]:
+    if progress is True:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=100, desc="Logit lens", file=sys.stderr, leave=False, unit="%")
+
+        def update(fraction: float, message: str) -> None:
+            bar.set_description_str(message[:50])
+            bar.n = int(round(100 * fraction))
+            bar.refresh()
+
+        return update, bar.close
+    if callable(progress):
+        return progress, None
+    return (lambda fraction, message: None), None
+
+
+def _read_out(
+    readout: Readout,
+    hidden: Sequence[torch.Tensor],
+    top_k: int,
+    target_id: int | None,
+    chunk_size: int | None,
+    device: torch.device,
+    report: Callable[[float, str], None],
+) -> dict[str, np.ndarray]:
+    """Stream the read-out over position chunks; returns numpy ``[R, T, ...]`` statistics."""
+    n_rows = len(hidden)
+    n_pos = hidden[0].shape[1]
+    vocab = readout.vocab_size
+    if chunk_size is None:
+        chunk_size = max(1, DEFAULT_CHUNK_BYTES // (4 * vocab))
+    step = max(1, chunk_size // n_rows)  # whole positions: each needs its own "out" row
+    # Equal chunks: a small remainder chunk would re-read the whole unembedding for little work.
+    n_chunks = -(-n_pos // step)
+    step = -(-n_pos // n_chunks)
+    weight = readout.unembed.weight
+    bias = getattr(readout.unembed, "bias", None)
+    plain_linear = isinstance(readout.unembed, torch.nn.Linear)
+    # mean over the vocabulary of a linear read-out, for the log-normaliser (see _chunk_stats)
+    mean_weight = weight.mean(dim=0) if plain_linear and readout.softcap is None else None
+    out: dict[str, list[torch.Tensor]] = {}
+    last_out = None
+    for start in range(0, n_pos, step):
+        stop = min(n_pos, start + step)
+        # [P, R-1, d] block outputs (and embeddings) -> final norm (-> OPT project_out);
+        # the last hidden state is already normalised by the model: only unembed it.
+        inner = torch.stack([h[0, start:stop].to(device) for h in hidden[:-1]], dim=1)
+        final = hidden[-1][0, start:stop].to(device)
+        x = torch.cat([readout.normalize(inner), final[:, None, :]], dim=1)
+        z = torch.nn.functional.linear(x, weight, bias) if plain_linear else readout.unembed(x)
+        z = readout.transform(z)
+        stats = _chunk_stats(x, z, readout, top_k, target_id, mean_weight)
+        last_out = z[-1, -1].float().clone()
+        for name, value in stats.items():
+            out.setdefault(name, []).append(value.cpu())
+        del z
+        report(stop / n_pos, f"Read-out {stop}/{n_pos} positions")
+    result = {
+        # [P, R, ...] chunks -> [R, T, ...]
+        name: torch.cat(chunks, dim=0).transpose(0, 1).contiguous().numpy()
+        for name, chunks in out.items()
+    }
+    result["kl_to_final"][-1] = 0.0  # KL of the out row to itself, exactly
+    result["last_out_logits"] = last_out
+    return result
+
+
+def _check_out_row(readout: Readout, ours: torch.Tensor, model_last: torch.Tensor) -> None:
+    """Row "out" must equal the model's own logits; a mismatch means an unknown logit
+    transform (scaling/capping) that the read-out does not reproduce."""
+    theirs = model_last.float().to(ours.device)
+    if theirs.shape != ours.shape:
+        raise ReadoutError(
+            f"{readout.architecture}: the unembedding gives {ours.shape[-1]} logits but the "
+            f"model returns {theirs.shape[-1]}"
+        )
+    tol = (1e-4 if model_last.dtype == torch.float32 else 3e-2) * (1.0 + theirs.abs().max().item())
+    err = (ours - theirs).abs().max().item()
+    if not err <= tol:
+        raise ReadoutError(
+            f"{readout.architecture}: reading the last hidden state out through the "
+            f"unembedding (softcap={readout.softcap}, scale={readout.scale}) differs from the "
+            f"model's own logits by {err:.3g} (> {tol:.3g}); this architecture applies a "
+            "logit transform lenskit does not know."
+        )

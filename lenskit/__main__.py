@@ -1,0 +1,213 @@
+"""Command line: ``python -m lenskit lens "PROMPT" --out result.json`` (also ``lenskit lens``).
+
+Subcommands register themselves in :data:`COMMANDS` (name -> (add_arguments, run)); adding
+one (e.g. ``sweep``) means writing those two functions and one entry. Every expected failure
+(bad arguments, unknown model, empty prompt ...) exits with status 2 and a one-line
+``lenskit: error: ...`` message on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["COMMANDS", "CliError", "build_parser", "main"]
+
+#: Extensions ``lens --out`` can write: data, or charts through lenskit.charts.
+DATA_FORMATS = (".json", ".csv")
+CHART_FORMATS = (".png", ".svg", ".html")
+
+
+class CliError(Exception):
+    """An expected failure: printed as one line, exit status 2."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        default="default",
+        help="'default' (SmolLM2-135M-Instruct), a Hugging Face hub id, a directory or a .gguf file",
+    )
+    parser.add_argument("--device", default=None, help="cpu (default), cuda, cuda:N or auto")
+    parser.add_argument(
+        "--dtype", default=None, help="float32 (CPU default), bfloat16, float16, auto"
+    )
+    parser.add_argument(
+        "--trust-remote-code", action="store_true", help="allow checkpoints with custom code"
+    )
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+
+
+def _add_lens_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("prompt", help="the user's text")
+    _add_model_arguments(parser)
+    parser.add_argument("--raw", action="store_true", help="do not apply the chat template")
+    parser.add_argument("--system", default=None, help="system prompt (chat template only)")
+    parser.add_argument("--top-k", type=_positive_int, default=5, help="top tokens per cell (5)")
+    parser.add_argument(
+        "--target", default=None, help="single-token target to track, e.g. ' Canberra'"
+    )
+    parser.add_argument(
+        "--metric",
+        default="entropy",
+        help="heatmap metric for .png/.svg/.html output: entropy (default), kl_to_final, "
+        "top1_prob, target_prob (needs --target)",
+    )
+    parser.add_argument(
+        "--out",
+        "-o",
+        required=True,
+        help=f"output file: {', '.join(DATA_FORMATS + CHART_FORMATS)}",
+    )
+
+
+def _check_out(path: str) -> Path:
+    out = Path(path)
+    suffix = out.suffix.lower()
+    if suffix not in DATA_FORMATS + CHART_FORMATS:
+        raise CliError(
+            f"cannot write {out.name!r}: the extension must be one of "
+            f"{', '.join(DATA_FORMATS + CHART_FORMATS)}"
+        )
+    if out.parent and not out.parent.exists():
+        raise CliError(f"the output directory {out.parent} does not exist")
+    return out
+
+
+def _charts_module() -> Any:
+    try:
+        from lenskit import charts
+    except ImportError as exc:
+        raise CliError(
+            f".png/.svg/.html output needs lenskit.charts, which is not available yet ({exc}); "
+            "write .json or .csv"
+        ) from exc
+    return charts
+
+
+def _progress(quiet: bool) -> Callable[[float, str], None] | bool | None:
+    return None if quiet else True
+
+
+def _run_lens(args: argparse.Namespace) -> int:
+    out = _check_out(args.out)
+    if not args.prompt.strip():
+        raise CliError("the prompt is empty: give some text")
+    if args.raw and args.system is not None:
+        raise CliError("--system needs the chat template: drop --raw or --system")
+    charts = _charts_module() if out.suffix.lower() in CHART_FORMATS else None
+    if charts is not None:
+        known = getattr(charts, "METRICS", None)
+        if known is not None and args.metric not in known:
+            raise CliError(f"unknown --metric {args.metric!r}; known: {', '.join(known)}")
+        if args.metric.startswith("target") and args.target is None:
+            raise CliError(f"--metric {args.metric} needs --target")
+
+    import lenskit
+
+    model, tokenizer = lenskit.load_model(
+        args.model,
+        device=args.device,
+        dtype=args.dtype,
+        trust_remote_code=args.trust_remote_code,
+        progress=_progress(args.quiet),
+    )
+    result = lenskit.run_lens(
+        model,
+        tokenizer,
+        args.prompt,
+        chat=not args.raw,
+        system=args.system,
+        top_k=args.top_k,
+        target=args.target,
+        progress=_progress(args.quiet),
+    )
+    suffix = out.suffix.lower()
+    if suffix == ".json":
+        out.write_text(result.to_json())
+    elif suffix == ".csv":
+        result.to_frame().to_csv(out, index=False)
+    else:
+        chart = charts.lens_heatmap(result, metric=args.metric)
+        charts.save_chart(chart, out)
+    if not args.quiet:
+        print(
+            f"wrote {out} ({result.n_rows} layers x {result.n_positions} positions, "
+            f"model {result.model_name})",
+            file=sys.stderr,
+        )
+    return 0
+
+
+#: name -> (help, add_arguments(parser), run(args) -> exit status)
+COMMANDS: dict[
+    str,
+    tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]],
+] = {
+    "lens": (
+        "logit lens of one prompt: every layer's prediction at every position",
+        _add_lens_arguments,
+        _run_lens,
+    ),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, status 2, no usage dump
+        raise CliError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``lenskit`` parser with one subparser per entry of :data:`COMMANDS`."""
+    parser = _Parser(prog="lenskit", description="Logit-lens explorer for causal language models.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for name, (help_text, add_arguments, run) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add_arguments(p)
+        p.set_defaults(_run=run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m lenskit`` / ``lenskit``; returns the exit status."""
+    from lenskit.lens import TargetError
+    from lenskit.models import ModelLoadError, ReadoutError
+    from lenskit.prompts import PromptError
+
+    try:
+        args = build_parser().parse_args(argv)
+        return args._run(args)
+    # PromptError and TargetError are ValueErrors; charts raise ValueError for bad metrics.
+    except (
+        CliError,
+        ModelLoadError,
+        ReadoutError,
+        PromptError,
+        TargetError,
+        ValueError,
+        OSError,
+    ) as exc:
+        message = " ".join(str(exc).split())  # one line
+        print(f"lenskit: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lenskit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

