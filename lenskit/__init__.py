@@ -7,6 +7,20 @@ Public API::
     result.entropy            # [R, T] nats, R = L + 1 rows ("emb", "1".."L-1", "out")
 """
 
+from lenskit.interventions import (
+    INTERVENTIONS,
+    MAX_NEW_TOKENS,
+    GenerationLengthError,
+    InterventionError,
+    LayerSelectionError,
+    PositionSelectionError,
+    SweepResult,
+    UnknownInterventionError,
+    greedy_generate,
+    intervention_sweep,
+    layer_pairwise_kl,
+    lens_on_generation,
+)
 from lenskit.lens import LensResult, TargetError, layer_names, run_lens
 from lenskit.models import (
     ModelLoadError,
@@ -21,6 +35,18 @@ from lenskit.ops import backend, entropy, extension_error, kl_div, pairwise_kl
 from lenskit.prompts import EncodedPrompt, PromptError, encode_prompt
 
 __all__ = [
+    "INTERVENTIONS",
+    "MAX_NEW_TOKENS",
+    "GenerationLengthError",
+    "InterventionError",
+    "LayerSelectionError",
+    "PositionSelectionError",
+    "SweepResult",
+    "UnknownInterventionError",
+    "greedy_generate",
+    "intervention_sweep",
+    "layer_pairwise_kl",
+    "lens_on_generation",
     "EncodedPrompt",
     "LensResult",
     "ModelLoadError",

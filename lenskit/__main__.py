@@ -141,12 +141,150 @@ def _run_lens(args: argparse.Namespace) -> int:
     elif suffix == ".csv":
         result.to_frame().to_csv(out, index=False)
     else:
-        chart = charts.lens_heatmap(result, metric=args.metric)
+        # Cell labels stay readable only up to the detail view's width; beyond it, colour only.
+        labels = result.n_positions <= charts.DETAIL_MAX_POSITIONS
+        chart = charts.lens_heatmap(result, metric=args.metric, labels=labels)
         charts.save_chart(chart, out)
     if not args.quiet:
         print(
             f"wrote {out} ({result.n_rows} layers x {result.n_positions} positions, "
             f"model {result.model_name})",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _layer_list(text: str) -> list[int]:
+    """Parse ``"0,15-21,27"`` into block indices."""
+    layers: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            if "-" in part:
+                lo, hi = part.split("-", 1)
+                layers.extend(range(int(lo), int(hi) + 1))
+            else:
+                layers.append(int(part))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected block indices like '0,15-21,27', got {text!r}"
+            ) from None
+    return layers
+
+
+def _position_spec(text: str) -> str | list[int]:
+    if text in ("template", "all-prompt"):
+        return text
+    try:
+        return [int(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected 'template', 'all-prompt' or indices like '30,31,32', got {text!r}"
+        ) from None
+
+
+def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
+    from lenskit.interventions import INTERVENTIONS, MAX_NEW_TOKENS
+
+    parser.add_argument("prompt", help="the user's text")
+    _add_model_arguments(parser)
+    parser.add_argument("--raw", action="store_true", help="do not apply the chat template")
+    parser.add_argument("--system", default=None, help="system prompt (chat template only)")
+    parser.add_argument(
+        "--max-new-tokens",
+        type=_positive_int,
+        default=5,
+        help=f"greedy tokens to generate, 1..{MAX_NEW_TOKENS} (5)",
+    )
+    parser.add_argument(
+        "--layers",
+        type=_layer_list,
+        default=None,
+        help="decoder blocks to intervene on, e.g. '0,15-21,27' (default: all)",
+    )
+    parser.add_argument(
+        "--positions",
+        type=_position_spec,
+        default="template",
+        help="'template' (default), 'all-prompt' or prompt indices '30,31'",
+    )
+    parser.add_argument(
+        "--intervention",
+        choices=sorted(INTERVENTIONS),
+        default="skip",
+        help="skip (default), mean or noise",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the noise intervention")
+    parser.add_argument(
+        "--out",
+        "-o",
+        required=True,
+        help=f"output file: {', '.join(DATA_FORMATS + CHART_FORMATS)}",
+    )
+
+
+def _run_sweep(args: argparse.Namespace) -> int:
+    out = _check_out(args.out)
+    if not args.prompt.strip():
+        raise CliError("the prompt is empty: give some text")
+    if args.raw and args.system is not None:
+        raise CliError("--system needs the chat template: drop --raw or --system")
+    if args.layers is not None and not args.layers:
+        raise CliError("--layers selects no block")
+    charts = _charts_module() if out.suffix.lower() in CHART_FORMATS else None
+
+    import lenskit
+    from lenskit.interventions import intervention_sweep
+
+    model, tokenizer = lenskit.load_model(
+        args.model,
+        device=args.device,
+        dtype=args.dtype,
+        trust_remote_code=args.trust_remote_code,
+        progress=_progress(args.quiet),
+    )
+    bar = None
+    if not args.quiet:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=0, desc="sweep", unit="block", file=sys.stderr)
+
+    def progress(done: int, total: int) -> None:
+        if bar is not None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+    try:
+        result = intervention_sweep(
+            model,
+            tokenizer,
+            args.prompt,
+            chat=not args.raw,
+            system=args.system,
+            max_new_tokens=args.max_new_tokens,
+            layers=args.layers,
+            positions=args.positions,
+            intervention=args.intervention,
+            seed=args.seed,
+            progress=progress,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    suffix = out.suffix.lower()
+    if suffix == ".json":
+        out.write_text(result.to_json())
+    elif suffix == ".csv":
+        result.to_frame().to_csv(out, index=False)
+    else:
+        charts.save_chart(charts.sweep_heatmap(result), out)
+    if not args.quiet:
+        print(
+            f"wrote {out} ({len(result.layers)} blocks x {result.n_generated} generated tokens, "
+            f"max KL {float(result.kl.max()):.3g} nats)",
             file=sys.stderr,
         )
     return 0
@@ -161,6 +299,11 @@ COMMANDS: dict[
         "logit lens of one prompt: every layer's prediction at every position",
         _add_lens_arguments,
         _run_lens,
+    ),
+    "sweep": (
+        "generate, then KL(clean || intervened) for interventions at each decoder block",
+        _add_sweep_arguments,
+        _run_sweep,
     ),
 }
 
@@ -184,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m lenskit`` / ``lenskit``; returns the exit status."""
+    from lenskit.interventions import InterventionError
     from lenskit.lens import TargetError
     from lenskit.models import ModelLoadError, ReadoutError
     from lenskit.prompts import PromptError
@@ -198,6 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ReadoutError,
         PromptError,
         TargetError,
+        InterventionError,
         ValueError,
         OSError,
     ) as exc:

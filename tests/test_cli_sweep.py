@@ -1,0 +1,64 @@
+"""python -m lenskit sweep: outputs and one-line errors."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+import lenskit
+from lenskit.__main__ import _layer_list, main
+
+PROMPT = "What is the capital of Australia?"
+
+
+def test_layer_list_parses_ranges():
+    assert _layer_list("0,15-17,27") == [0, 15, 16, 17, 27]
+    assert _layer_list("3") == [3]
+
+
+def test_sweep_json(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "s.json"
+    args = ["sweep", PROMPT, "--model", str(tiny_model_dir), "--max-new-tokens", "3"]
+    assert main([*args, "--layers", "0-1", "--out", str(out)]) == 0
+    result = lenskit.SweepResult.from_json(out.read_text())
+    assert list(result.layers) == [0, 1]
+    assert result.kl.shape == (2, 3)
+    assert result.intervention == "skip"
+    assert "wrote" in capsys.readouterr().err
+
+
+def test_sweep_csv_explicit_positions(tiny_model_dir, tmp_path):
+    out = tmp_path / "s.csv"
+    args = ["sweep", PROMPT, "--model", str(tiny_model_dir), "--max-new-tokens", "2", "-q"]
+    assert main([*args, "--positions", "1,2", "--intervention", "noise", "--out", str(out)]) == 0
+    frame = pd.read_csv(out)
+    assert len(frame) > 0 and "kl" in frame.columns
+    assert (frame["kl"] >= 0).all()
+
+
+def test_sweep_png(tiny_model_dir, tmp_path):
+    out = tmp_path / "s.png"
+    args = ["sweep", PROMPT, "--model", str(tiny_model_dir), "--max-new-tokens", "2", "-q"]
+    assert main([*args, "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--max-new-tokens", "0"], "positive integer"),
+        (["--max-new-tokens", "65"], "64"),
+        (["--layers", "99"], "99"),
+        (["--layers", "x"], "block indices"),
+        (["--positions", "9999"], "9999"),
+        (["--intervention", "zap"], "zap"),
+    ],
+)
+def test_sweep_bad_arguments(tiny_model_dir, tmp_path, capsys, extra, message):
+    out = tmp_path / "s.json"
+    args = ["sweep", PROMPT, "--model", str(tiny_model_dir), "-q", "--out", str(out)]
+    assert main([*args, *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lenskit: error:") and len(err.splitlines()) == 1
+    assert message in err
+    assert not out.exists()
