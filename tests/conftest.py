@@ -24,6 +24,10 @@ import os
 import sys
 from pathlib import Path
 
+# Tests never reach the hub. huggingface_hub reads this once at import, so it must be set
+# before transformers is imported; without it an unknown hub id waits ~20 s on retries here.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 import pytest
 import torch
 import transformers

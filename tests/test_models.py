@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -130,12 +129,9 @@ def test_bad_paths(spec, pattern):
 
 
 def test_unknown_hub_id_offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    start = time.perf_counter()
     with pytest.raises(ModelLoadError, match="hub id") as info:
         lenskit.load_model("no-such-org-lenskit/no-such-model")
     assert "no-such-org-lenskit/no-such-model" in str(info.value)
-    assert time.perf_counter() - start < 30
 
 
 def test_broken_gguf(tmp_path, monkeypatch):

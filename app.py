@@ -1,0 +1,1003 @@
+"""lenskit Streamlit app: layout and widgets only.
+
+The maths lives in :mod:`lenskit.lens` (``run_lens``), the charts in :mod:`lenskit.charts`
+(shared with the CLI). Run with ``make app`` (``streamlit run app.py --server.port 8501``;
+server settings in ``.streamlit/config.toml``).
+
+State: the model is cached process-wide (``st.cache_resource``, one model at a time), lens
+results are cached as JSON text (``st.cache_data``, keyed by model spec and inputs), and
+everything a user did lives in ``st.session_state`` only, so two browser sessions never see
+each other's results. User text is only ever shown through ``st.code`` / ``st.dataframe`` /
+chart text marks or escaped markdown: never as HTML.
+
+The second tab ("Generation & interventions") sweeps interventions over the blocks of the
+last good lens run's model and prompt (:mod:`lenskit.interventions`), cached the same way.
+
+Tabs: :data:`TABS` lists ``(title, function)`` pairs; add a view by appending one.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import streamlit as st
+
+from lenskit import charts
+from lenskit.interventions import (
+    INTERVENTIONS,
+    MAX_NEW_TOKENS,
+    SweepResult,
+    intervention_sweep,
+    layer_pairwise_kl,
+    lens_on_generation,
+)
+from lenskit.lens import LensResult, run_lens
+from lenskit.models import ModelLoadError, load_model
+from lenskit.tokens import format_token
+
+DEFAULT_PROMPT = "What is the capital of Australia?"
+
+#: Example prompts: label -> (prompt, chat, target).
+EXAMPLES: dict[str, tuple[str, bool, str]] = {
+    "Capital of Australia (chat)": (DEFAULT_PROMPT, True, " Canberra"),
+    "Capital of France (chat)": ("What is the capital of France?", True, " Paris"),
+    "Counting (raw text)": ("one, two, three, four, five,", False, " six"),
+    "Eiffel Tower (raw text)": ("The Eiffel Tower is located in the city of", False, " Paris"),
+    "Translation (chat)": ("Translate to French: cheese", True, " fromage"),
+}
+
+# Defaults of the sidebar form (session-state keys of its widgets).
+FORM_DEFAULTS: dict[str, Any] = {
+    "model_choice": "default",
+    "model_path": "",
+    "prompt": DEFAULT_PROMPT,
+    "chat": True,
+    "system": "",
+    "top_k": 5,
+    "target": " Canberra",
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Cached computation (shared across sessions; nothing mutable is shared besides the model)
+# --------------------------------------------------------------------------------------------
+
+
+def _default_model_key() -> str:
+    """What "default" means right now (LENSKIT_DEFAULT_MODEL may point elsewhere)."""
+    return os.environ.get("LENSKIT_DEFAULT_MODEL", "").strip()
+
+
+def _clamp01(x: float) -> float:
+    return min(max(float(x), 0.0), 1.0)
+
+
+@st.cache_resource(max_entries=1, show_spinner=False)
+def get_model(spec: str, default_key: str = "") -> tuple[Any, Any]:
+    """``load_model(spec)``, cached process-wide, one model at a time.
+
+    ``default_key`` is only part of the cache key: "default" names another model when
+    ``LENSKIT_DEFAULT_MODEL`` changes.
+    """
+    # Elements made inside a cached function are replayed on cache hits, so the progress bar
+    # is created (and removed) in here, never updated from outside.
+    bar = st.progress(0.0, text="Loading the model\u2026")
+    try:
+        return load_model(
+            spec, progress=lambda f, m: bar.progress(_clamp01(f), text=_md_escape(str(m)))
+        )
+    finally:
+        bar.empty()
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def lens_json(
+    spec: str,
+    default_key: str,
+    prompt: str,
+    chat: bool,
+    system: str | None,
+    top_k: int,
+    target: str | None,
+) -> str:
+    """Run the logit lens; the result is cached as JSON text (hashable and pickle-safe)."""
+    model, tokenizer = get_model(spec, default_key)
+    bar = st.progress(0.0, text="Reading out every layer\u2026")
+    try:
+        result = run_lens(
+            model,
+            tokenizer,
+            prompt,
+            chat=chat,
+            system=system,
+            top_k=top_k,
+            target=target,
+            progress=lambda f, m: bar.progress(_clamp01(f), text=_md_escape(str(m))),
+        )
+    finally:
+        bar.empty()
+    return result.to_json()
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$&:=\"'])")
+
+
+def _md_escape(text: str) -> str:
+    """Escape markdown (and the HTML that markdown would pass through) in user/engine text."""
+    return _MD_SPECIAL.sub(r"\\\1", text)
+
+
+@dataclass(frozen=True)
+class LensRequest:
+    spec: str
+    prompt: str
+    chat: bool
+    system: str | None
+    top_k: int
+    target: str | None
+
+
+def _say(level: str, text: str) -> None:
+    """Queue a message for the lens tab (kept until the next run)."""
+    st.session_state.setdefault("messages", []).append((level, text))
+
+
+def _show_messages() -> None:
+    for level, text in st.session_state.get("messages", []):
+        {"error": st.error, "warning": st.warning, "info": st.info}[level](text)
+
+
+def _result() -> LensResult | None:
+    return st.session_state.get("lens_result")
+
+
+def _set_result(text: str) -> None:
+    result = LensResult.from_json(text)
+    st.session_state["lens_json"] = text
+    st.session_state["lens_result"] = result
+    st.session_state["detail_range"] = charts.default_detail_range(result)
+    st.session_state["drill_pos"] = result.n_positions - 1
+
+
+def _position_label(result: LensResult, p: int) -> str:
+    return f"{p}: {format_token(str(result.tokens[p]), 24)}"
+
+
+# --------------------------------------------------------------------------------------------
+# Sidebar: the input form (typing does not rerun; the submit button does)
+# --------------------------------------------------------------------------------------------
+
+
+def _apply_example() -> None:
+    choice = st.session_state.get("example")
+    if choice in EXAMPLES:
+        prompt, chat, target = EXAMPLES[choice]
+        st.session_state.update(prompt=prompt, chat=chat, target=target, system="")
+        st.session_state["run_requested"] = True
+
+
+def sidebar() -> tuple[LensRequest, bool]:
+    """The input form; returns the request and whether to run it now."""
+    with st.sidebar:
+        st.title("lenskit")
+        st.caption("Logit lens: what every layer predicts at every position.")
+        st.selectbox(
+            "Example prompts",
+            list(EXAMPLES),
+            index=None,
+            key="example",
+            placeholder="Pick an example\u2026",
+            on_change=_apply_example,
+        )
+        with st.form("lens_form"):
+            st.radio(
+                "Model",
+                ["default", "other"],
+                key="model_choice",
+                format_func=lambda c: (
+                    "Default (embedded SmolLM2-135M-Instruct)"
+                    if c == "default"
+                    else "Other: hub id, local dir or .gguf"
+                ),
+            )
+            st.text_input(
+                "Hub id, local directory or .gguf path",
+                key="model_path",
+                placeholder="HuggingFaceTB/SmolLM2-135M-Instruct",
+                help="Used when Model is 'Other'. Nothing is downloaded unless the hub is reachable.",
+            )
+            st.text_area("Prompt", key="prompt", height=110)
+            st.checkbox("Wrap in the chat template", key="chat")
+            st.text_input(
+                "System prompt (optional)",
+                key="system",
+                help="Chat template only. Empty: the template's default.",
+            )
+            st.number_input("Top-k tokens per cell", min_value=1, max_value=50, key="top_k")
+            st.text_input(
+                "Target token (optional)",
+                key="target",
+                help="One token, e.g. ' Canberra' vs ' Sydney' (mind the leading space).",
+            )
+            submitted = st.form_submit_button("Run logit lens", type="primary", width="stretch")
+    ss = st.session_state
+    custom = ss["model_choice"] == "other"
+    request = LensRequest(
+        spec=(ss["model_path"].strip() if custom else "default"),
+        prompt=ss["prompt"],
+        chat=bool(ss["chat"]),
+        system=ss["system"] if ss["system"].strip() else None,
+        top_k=int(ss["top_k"]),
+        target=ss["target"] if ss["target"].strip() else None,
+    )
+    run_now = submitted or ss.pop("run_requested", False)
+    return request, bool(run_now)
+
+
+def run_request(request: LensRequest) -> None:
+    """Validate, load the model, run the lens; on failure keep the last good result."""
+    st.session_state["messages"] = []
+    if not request.prompt.strip():
+        _say("error", "The prompt is empty (or only whitespace): type some text and run again.")
+        return
+    if not request.spec:
+        _say("error", "Model is 'Other' but no hub id, directory or .gguf path was given.")
+        return
+    system = request.system
+    if system is not None and not request.chat:
+        _say("warning", "The system prompt is ignored without the chat template.")
+        system = None
+    # The status box shows progress while running and is removed afterwards; outcomes are
+    # reported through the message list, which outlives this run.
+    placeholder = st.empty()
+    try:
+        with placeholder.status(f"Loading model {_md_escape(request.spec)}\u2026") as status:
+            text = _compute(request, system, status)
+    finally:
+        placeholder.empty()
+    if text is not None:
+        _set_result(text)
+        # The generation tab works on the last good lens run's model and prompt.
+        st.session_state["lens_request"] = replace(request, system=system)
+
+
+def _compute(request: LensRequest, system: str | None, status: Any) -> str | None:
+    """Load the model and run the lens; errors become messages and None."""
+    spec_shown = _md_escape(request.spec)
+    try:
+        get_model(request.spec, _default_model_key())
+    except ModelLoadError as exc:
+        _say("error", f"Could not load model {spec_shown}: {_md_escape(str(exc))}")
+        return None
+    except Exception as exc:  # noqa: BLE001 - anything else a loader can raise
+        _say(
+            "error",
+            f"Could not load model {spec_shown}: {type(exc).__name__}: {_md_escape(str(exc))}",
+        )
+        return None
+    status.update(label="Reading out every layer\u2026")
+    try:
+        return lens_json(
+            request.spec,
+            _default_model_key(),
+            request.prompt,
+            request.chat,
+            system,
+            request.top_k,
+            request.target,
+        )
+    except ValueError as exc:  # PromptError and TargetError are ValueErrors
+        _say("error", _md_escape(str(exc)))
+    except Exception as exc:  # noqa: BLE001 - keep the app usable whatever happens
+        _say("error", f"The read-out failed: {type(exc).__name__}: {_md_escape(str(exc))}")
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# The logit-lens tab
+# --------------------------------------------------------------------------------------------
+
+
+def _on_brush() -> None:
+    """Brushing the overview sets the detail range (the slider's state)."""
+    event = st.session_state.get("overview_chart") or {}
+    positions = charts.selected_positions(event.get("selection", {}).get("brush", {}))
+    if positions:
+        st.session_state["detail_range"] = (positions[0], positions[-1])
+
+
+def _on_pick() -> None:
+    """Clicking a cell in the detail view selects its position for the drill-down."""
+    event = st.session_state.get("detail_chart") or {}
+    positions = charts.selected_positions(event.get("selection", {}).get("pick", []))
+    if positions:
+        st.session_state["drill_pos"] = positions[0]
+
+
+def _download_row(label: str, chart: Any, stem: str) -> None:
+    cols = st.columns(3)
+    for col, fmt, mime in zip(
+        cols, ("png", "svg", "html"), ("image/png", "image/svg+xml", "text/html"), strict=True
+    ):
+        col.download_button(
+            f"{label} .{fmt}",
+            data=lambda fmt=fmt: charts.chart_bytes(chart, fmt),  # rendered on click only
+            file_name=f"{stem}.{fmt}",
+            mime=mime,
+            on_click="ignore",
+            key=f"dl_{stem}_{fmt}",
+            width="stretch",
+        )
+
+
+def lens_tab() -> None:
+    """Overview heatmap with a brush, labelled detail view, per-position drill-down, export."""
+    _show_messages()
+    result = _result()
+    if result is None:
+        st.info("Type a prompt in the sidebar and press **Run logit lens**.")
+        return
+    if st.session_state.get("messages"):
+        st.caption("Showing the last good result.")
+
+    chat = "chat template" if result.chat else "raw text"
+    st.caption(
+        f"Model: {_md_escape(result.model_name or '?')} \u00b7 {result.n_positions} tokens "
+        f"({chat}) \u00b7 {result.n_rows} read-outs (emb, blocks 1\u2013{result.n_rows - 2}, "
+        f"out) \u00b7 V = {result.vocab_size}"
+    )
+    st.code(result.prompt, language=None, wrap_lines=True)
+
+    keys = list(charts.METRICS)
+    metric = st.radio(
+        "Colour by",
+        keys,
+        key="metric",
+        horizontal=True,
+        persist_state="page",
+        format_func=lambda k: charts.METRICS[k].label,
+    )
+    if charts.METRICS[metric].needs_target and result.target_prob is None:
+        st.warning(
+            "Target probability needs a target token: set one in the sidebar and run again. "
+            "Showing entropy."
+        )
+        metric = "entropy"
+
+    # Detail range: the slider's state, also set by brushing the overview.
+    t = result.n_positions
+    lo, hi = st.session_state.get("detail_range", charts.default_detail_range(result))
+    lo, hi = max(0, min(int(lo), t - 1)), max(0, min(int(hi), t - 1))
+    if lo > hi:
+        lo, hi = hi, lo
+    st.session_state["detail_range"] = (lo, hi)
+    shown_hi = min(hi, lo + charts.DETAIL_MAX_POSITIONS - 1)
+
+    st.subheader("Overview")
+    overview = charts.lens_heatmap(
+        result, metric, labels=False, brush=True, highlight=(lo, shown_hi)
+    )
+    st.altair_chart(
+        overview,
+        key="overview_chart",
+        on_select=_on_brush,
+        selection_mode="brush",
+        theme=None,
+        width="stretch",
+    )
+    if t > 1:
+        st.slider(
+            "Positions in the detail view (or drag across the overview)",
+            min_value=0,
+            max_value=t - 1,
+            key="detail_range",
+            persist_state="page",
+        )
+    if hi > shown_hi:
+        st.info(
+            f"The detail view shows at most {charts.DETAIL_MAX_POSITIONS} positions: showing "
+            f"{lo}\u2013{shown_hi} of the selected {lo}\u2013{hi}. Narrow the selection to see "
+            "the rest."
+        )
+
+    st.subheader("Detail")
+    st.caption(
+        "Each cell: the layer's top-1 token (\u2423 = space, \u21b5 = newline); hover for the "
+        "top-k. Template (\u201cdummy\u201d) tokens are boxed in purple. Click a cell to "
+        "drill down."
+    )
+    detail = charts.lens_heatmap(result, metric, positions=range(lo, shown_hi + 1), click=True)
+    st.altair_chart(
+        detail,
+        key="detail_chart",
+        on_select=_on_pick,
+        selection_mode="pick",
+        theme=None,
+        width="content",
+    )
+
+    st.subheader("Drill-down")
+    if st.session_state.get("drill_pos") not in range(t):
+        st.session_state["drill_pos"] = t - 1
+    pos = st.selectbox(
+        "Position",
+        list(range(t)),
+        key="drill_pos",
+        format_func=lambda p: _position_label(result, p),
+        persist_state="page",
+    )
+    table_col, chart_col = st.columns([5, 6])
+    with table_col:
+        table = charts.position_table(result, pos)
+        fmt = {c: st.column_config.NumberColumn(format="%.3f") for c in table.columns}
+        fmt = {c: v for c, v in fmt.items() if table[c].dtype.kind == "f"}
+        st.dataframe(table, hide_index=True, column_config=fmt, height=360)
+    with chart_col:
+        drill = charts.position_drilldown_chart(result, pos)
+        st.altair_chart(drill, theme=None, width="content", key="drill_chart")
+        if result.target_prob is None:
+            st.caption("Set a target token to plot its probability and rank across layers.")
+
+    with st.expander("Export"):
+        col_csv, col_json = st.columns(2)
+        col_csv.download_button(
+            "Grid as CSV",
+            data=lambda: result.to_frame().to_csv(index=False),  # built on click only
+            file_name="lens.csv",
+            mime="text/csv",
+            on_click="ignore",
+            key="dl_csv",
+            width="stretch",
+        )
+        col_json.download_button(
+            "Grid as JSON",
+            data=st.session_state["lens_json"],
+            file_name="lens.json",
+            mime="application/json",
+            on_click="ignore",
+            key="dl_json",
+            width="stretch",
+        )
+        st.caption("Charts (PNG/SVG rendered offline; HTML is standalone, no network needed):")
+        _download_row("Overview", overview, "lens_overview")
+        _download_row("Detail", detail, "lens_detail")
+        _download_row("Drill-down", drill, "lens_drilldown")
+
+
+# --------------------------------------------------------------------------------------------
+# The generation & interventions tab
+# --------------------------------------------------------------------------------------------
+
+#: Intervention -> one-line help (radio captions); the definitions are intervention_sweep's.
+INTERVENTION_HELP: dict[str, str] = {
+    "skip": "Remove the block's update at the chosen positions (its output = its input).",
+    "mean": "Replace the block's output there by its mean over the other prompt positions.",
+    "noise": "Add Gaussian noise as large as the residual itself (seeded).",
+}
+POSITION_MODES: dict[str, str] = {
+    "template": "Template tokens",
+    "all-prompt": "All prompt tokens",
+    "explicit": "Pick positions",
+}
+GEN_METRICS = ("entropy", "kl_to_final", "top1_prob")
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def sweep_json(
+    spec: str,
+    default_key: str,
+    prompt: str,
+    chat: bool,
+    system: str | None,
+    max_new_tokens: int,
+    layers: tuple[int, ...],
+    positions: str | tuple[int, ...],
+    intervention: str,
+    seed: int,
+) -> str:
+    """Run the intervention sweep; the result is cached as JSON text."""
+    model, tokenizer = get_model(spec, default_key)
+    bar = st.progress(0.0, text=f"Generating, then sweeping {len(layers)} blocks\u2026")
+
+    def progress(done: int, total: int) -> None:
+        bar.progress(_clamp01(done / max(total, 1)), text=f"Swept {done} of {total} blocks")
+
+    try:
+        result = intervention_sweep(
+            model,
+            tokenizer,
+            prompt,
+            chat=chat,
+            system=system,
+            max_new_tokens=max_new_tokens,
+            layers=list(layers),
+            positions=positions if isinstance(positions, str) else list(positions),
+            intervention=intervention,
+            seed=seed,
+            progress=progress,
+        )
+    finally:
+        bar.empty()
+    return result.to_json()
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def generation_lens_json(
+    spec: str,
+    default_key: str,
+    prompt: str,
+    chat: bool,
+    system: str | None,
+    max_new_tokens: int,
+    top_k: int,
+) -> tuple[str, int]:
+    """Logit lens over prompt + greedy continuation: (LensResult JSON, number of prompt tokens)."""
+    model, tokenizer = get_model(spec, default_key)
+    result, n_prompt = lens_on_generation(
+        model,
+        tokenizer,
+        prompt,
+        chat=chat,
+        system=system,
+        max_new_tokens=max_new_tokens,
+        top_k=top_k,
+    )
+    return result.to_json(), n_prompt
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def pairwise_kl_data(
+    spec: str,
+    default_key: str,
+    prompt: str,
+    chat: bool,
+    system: str | None,
+    position: int,
+) -> tuple[list[str], list[list[float]]]:
+    """KL between every pair of read-out rows at one prompt position (names, [R][R] nats)."""
+    model, tokenizer = get_model(spec, default_key)
+    names, kl = layer_pairwise_kl(model, tokenizer, prompt, position, chat=chat, system=system)
+    return list(names), kl.tolist()
+
+
+@dataclass(frozen=True)
+class SweepRequest:
+    """Everything a sweep depends on (its cache key, and what the result was computed for)."""
+
+    spec: str
+    prompt: str
+    chat: bool
+    system: str | None
+    top_k: int
+    max_new_tokens: int
+    layers: tuple[int, ...]
+    positions: str | tuple[int, ...]
+    intervention: str
+    seed: int
+
+
+def _sweep_say(level: str, text: str) -> None:
+    st.session_state.setdefault("sweep_messages", []).append((level, text))
+
+
+def _set_layers(layers: list[int]) -> None:
+    """Quick-pick buttons: fill the (form's) layer multiselect."""
+    st.session_state["sweep_layers"] = list(layers)
+
+
+def _sync_sweep_inputs(lens: LensResult) -> None:
+    """Defaults, and inputs that no longer fit the current model/prompt, before the widgets.
+
+    A new model (another number of blocks) resets the layer selection to all blocks; a new
+    prompt clears explicitly picked positions (their indices meant other tokens).
+    """
+    ss = st.session_state
+    n_blocks = lens.n_rows - 1
+    ss.setdefault("sweep_max_new", 5)
+    ss.setdefault("sweep_pos_mode", "template")
+    ss.setdefault("sweep_positions", [])
+    ss.setdefault("sweep_intervention", "skip")
+    ss.setdefault("sweep_seed", 0)
+    if ss.get("sweep_n_blocks") != n_blocks:
+        ss["sweep_n_blocks"] = n_blocks
+        ss["sweep_layers"] = list(range(n_blocks))
+    prompt_key = tuple(int(i) for i in lens.token_ids)
+    if ss.get("sweep_prompt_key") != prompt_key:
+        if ss.get("sweep_prompt_key") is not None and ss["sweep_positions"]:
+            st.info("The prompt changed: the picked positions were cleared.")
+        ss["sweep_prompt_key"] = prompt_key
+        ss["sweep_positions"] = []
+
+
+def _sweep_form(lens: LensResult) -> bool:
+    """The sweep's inputs (a form: typing does not rerun); returns whether it was submitted."""
+    n_blocks = lens.n_rows - 1
+    band = charts.band_layers(n_blocks)
+    band_text = _compact_ranges(band)
+    cols = st.columns([1, 2, 1])
+    cols[0].button(
+        "All blocks",
+        key="sweep_pick_all",
+        on_click=_set_layers,
+        args=(list(range(n_blocks)),),
+        width="stretch",
+    )
+    cols[1].button(
+        f"Quick pick: {band_text}",
+        key="sweep_pick_band",
+        on_click=_set_layers,
+        args=(band,),
+        help="First block, the middle band floor(L/2)..floor(0.7 L) and block floor(0.9 L) "
+        f"(L = {n_blocks} blocks here): the seed figure's 0, 15\u201321, 27 for a 30-block "
+        "model.",
+        width="stretch",
+    )
+    cols[2].button(
+        "Clear", key="sweep_pick_none", on_click=_set_layers, args=([],), width="stretch"
+    )
+    template = {int(p) for p in lens.template_positions}
+
+    def position_label(p: int) -> str:
+        return _position_label(lens, p) + (" (template)" if p in template else "")
+
+    with st.form("sweep_form"):
+        st.multiselect(
+            "Blocks to intervene on (rows)",
+            list(range(n_blocks)),
+            key="sweep_layers",
+            persist_state="page",
+            help=f"0-based decoder blocks 0..{n_blocks - 1}; one sweep row each.",
+        )
+        left, middle, right = st.columns([2, 3, 3])
+        with left:
+            st.number_input(
+                "Tokens to generate (columns)",
+                min_value=1,
+                max_value=MAX_NEW_TOKENS,
+                step=1,
+                key="sweep_max_new",
+                persist_state="page",
+                help=f"Greedy; 1..{MAX_NEW_TOKENS}. Stops early at an end-of-sequence token.",
+            )
+            st.number_input(
+                "Noise seed",
+                min_value=0,
+                max_value=2**31 - 1,
+                step=1,
+                key="sweep_seed",
+                persist_state="page",
+                help="Only used by 'noise': the same seed gives the same result.",
+            )
+        with middle:
+            st.radio(
+                "Intervention",
+                list(INTERVENTIONS),
+                key="sweep_intervention",
+                persist_state="page",
+                captions=[INTERVENTION_HELP[i] for i in INTERVENTIONS],
+            )
+        with right:
+            st.radio(
+                "Intervened prompt positions",
+                list(POSITION_MODES),
+                key="sweep_pos_mode",
+                persist_state="page",
+                format_func=POSITION_MODES.__getitem__,
+                help="Template: the tokens the chat template adds between the question and "
+                "the answer. Generated tokens are never intervened on.",
+            )
+            st.multiselect(
+                "Picked positions (with 'Pick positions')",
+                list(range(lens.n_positions)),
+                key="sweep_positions",
+                persist_state="page",
+                format_func=position_label,
+            )
+        return st.form_submit_button("Run sweep", type="primary", key="sweep_submit")
+
+
+def _compact_ranges(values: list[int]) -> str:
+    """[0, 15, 16, 17, 27] -> "0, 15\u201317, 27"."""
+    runs: list[list[int]] = []
+    for v in values:
+        if runs and v == runs[-1][1] + 1:
+            runs[-1][1] = v
+        else:
+            runs.append([v, v])
+    return ", ".join(str(a) if a == b else f"{a}\u2013{b}" for a, b in runs) or "none"
+
+
+def _sweep_request(lens: LensResult, lens_request: LensRequest) -> SweepRequest | None:
+    """The sweep to run from the form's state, or None (with a message) when it is invalid."""
+    ss = st.session_state
+    max_new = ss.get("sweep_max_new")
+    if isinstance(max_new, bool) or not isinstance(max_new, int):
+        max_new = -1
+    if not 1 <= max_new <= MAX_NEW_TOKENS:
+        _sweep_say("error", f"Tokens to generate must be between 1 and {MAX_NEW_TOKENS}.")
+        return None
+    layers = tuple(sorted({int(b) for b in ss.get("sweep_layers") or []}))
+    if not layers:
+        _sweep_say("error", "No blocks selected: pick at least one block (or press All blocks).")
+        return None
+    mode = ss.get("sweep_pos_mode", "template")
+    positions: str | tuple[int, ...]
+    if mode == "explicit":
+        positions = tuple(sorted({int(p) for p in ss.get("sweep_positions") or []}))
+        if not positions:
+            _sweep_say(
+                "error",
+                "No positions picked: pick prompt positions, or choose Template tokens or "
+                "All prompt tokens.",
+            )
+            return None
+        bad = [p for p in positions if not 0 <= p < lens.n_positions]
+        if bad:
+            _sweep_say(
+                "error",
+                f"Positions {bad} are outside the prompt (0..{lens.n_positions - 1}).",
+            )
+            return None
+    elif mode == "template" and lens.template_positions.size == 0:
+        _sweep_say(
+            "error",
+            "This prompt has no template tokens (it is raw text): wrap it in the chat "
+            "template, or intervene on all prompt tokens or picked positions.",
+        )
+        return None
+    else:
+        positions = mode
+    return SweepRequest(
+        spec=lens_request.spec,
+        prompt=lens_request.prompt,
+        chat=lens_request.chat,
+        system=lens_request.system,
+        top_k=lens_request.top_k,
+        max_new_tokens=max_new,
+        layers=layers,
+        positions=positions,
+        intervention=str(ss.get("sweep_intervention", "skip")),
+        seed=int(ss.get("sweep_seed", 0)),
+    )
+
+
+def run_sweep(request: SweepRequest) -> None:
+    """Run the sweep and the lens on the generated tokens; errors keep the last good sweep."""
+    key = _default_model_key()
+    try:
+        get_model(request.spec, key)
+        text = sweep_json(
+            request.spec,
+            key,
+            request.prompt,
+            request.chat,
+            request.system,
+            request.max_new_tokens,
+            request.layers,
+            request.positions,
+            request.intervention,
+            request.seed,
+        )
+        with st.spinner("Logit lens on the generated tokens\u2026"):
+            gen_text, n_prompt = generation_lens_json(
+                request.spec,
+                key,
+                request.prompt,
+                request.chat,
+                request.system,
+                request.max_new_tokens,
+                request.top_k,
+            )
+    except ModelLoadError as exc:
+        _sweep_say("error", f"Could not load the model: {_md_escape(str(exc))}")
+        return
+    except ValueError as exc:  # InterventionError, PromptError: bad input, said plainly
+        _sweep_say("error", _md_escape(str(exc)))
+        return
+    except Exception as exc:  # noqa: BLE001 - keep the app usable whatever happens
+        _sweep_say("error", f"The sweep failed: {type(exc).__name__}: {_md_escape(str(exc))}")
+        return
+    ss = st.session_state
+    ss["sweep_json"] = text
+    ss["sweep_result"] = SweepResult.from_json(text)
+    ss["sweep_request"] = request
+    ss["gen_lens_result"] = LensResult.from_json(gen_text)
+    ss["gen_n_prompt"] = int(n_prompt)
+
+
+def _sweep_view(result: SweepResult, request: SweepRequest, lens_request: LensRequest) -> None:
+    stale = (request.spec, request.prompt, request.chat, request.system) != (
+        lens_request.spec,
+        lens_request.prompt,
+        lens_request.chat,
+        lens_request.system,
+    )
+    if stale:
+        st.caption(
+            "This sweep was computed for an earlier prompt or model (below); press "
+            "**Run sweep** to sweep the current one."
+        )
+        st.code(request.prompt, language=None, wrap_lines=True)
+    answer = "".join(str(t) for t in result.generated_display_tokens)
+    st.caption(f"Greedy answer ({result.n_generated} tokens, \u2423 = space, \u21b5 = newline):")
+    st.code(answer, language=None, wrap_lines=True)
+
+    st.subheader("KL(clean \u2016 intervened) per generated token")
+    st.caption(
+        f"Row l: block l intervened ({_md_escape(result.intervention)}) at the chosen prompt "
+        "positions; column Gen j: the distribution that produced the j-th answer token. "
+        "Colour on a fixed scale (values beyond it clamped to the darkest red; hover for exact "
+        "values). Cell text: the new top-1 token where the intervention changed it."
+    )
+    scale = st.radio(
+        "Colour scale",
+        ["linear", "log"],
+        key="sweep_scale",
+        horizontal=True,
+        persist_state="page",
+        format_func=lambda k: (
+            f"linear, 0\u2013{charts.SWEEP_KL_MAX:g} nats"
+            if k == "linear"
+            else "log, {:g}\u2013{:g} nats".format(*charts.SWEEP_LOG_DOMAIN)
+        ),
+        help="Both fixed (comparable across sweeps) and clamped. Linear shows large effects "
+        "like the seed figure; log also separates the small ones.",
+    )
+    sweep_chart = charts.sweep_heatmap(result, scale=scale)
+    st.altair_chart(sweep_chart, theme=None, width="content", key="sweep_chart")
+
+    st.subheader("Logit lens on the generated tokens")
+    gen = st.session_state.get("gen_lens_result")
+    gen_chart = None
+    if gen is not None:
+        metric = st.radio(
+            "Colour by",
+            list(GEN_METRICS),
+            key="gen_metric",
+            persist_state="page",
+            horizontal=True,
+            format_func=lambda k: charts.METRICS[k].label,
+        )
+        gen_chart = charts.generation_lens_heatmap(gen, st.session_state["gen_n_prompt"], metric)
+        st.altair_chart(gen_chart, theme=None, width="content", key="gen_lens_chart")
+
+    with st.expander("Export the sweep"):
+        col_csv, col_json = st.columns(2)
+        col_csv.download_button(
+            "Sweep as CSV",
+            data=lambda: result.to_frame().to_csv(index=False),
+            file_name="sweep.csv",
+            mime="text/csv",
+            on_click="ignore",
+            key="dl_sweep_csv",
+            width="stretch",
+        )
+        col_json.download_button(
+            "Sweep as JSON",
+            data=st.session_state["sweep_json"],
+            file_name="sweep.json",
+            mime="application/json",
+            on_click="ignore",
+            key="dl_sweep_json",
+            width="stretch",
+        )
+        st.caption("Charts (PNG/SVG rendered offline; HTML is standalone):")
+        _download_row("Sweep", sweep_chart, "sweep_kl")
+        if gen_chart is not None:
+            _download_row("Lens on generation", gen_chart, "generation_lens")
+
+
+def _pairwise_view(lens: LensResult, lens_request: LensRequest) -> None:
+    st.subheader("Layer \u00d7 layer KL at one position")
+    st.caption(
+        "KL(p_i \u2016 p_j) between the logit-lens distributions of every pair of read-outs "
+        "(emb, blocks, out) at one prompt position; row out is the lens view's "
+        "KL(out \u2016 layer). Fixed 0\u2013ln V colour scale, as in the lens view."
+    )
+    t = lens.n_positions
+    if st.session_state.get("pair_pos") not in range(t):
+        st.session_state["pair_pos"] = t - 1
+    template = {int(p) for p in lens.template_positions}
+    pos = st.selectbox(
+        "Position",
+        list(range(t)),
+        key="pair_pos",
+        persist_state="page",
+        format_func=lambda p: _position_label(lens, p) + (" (template)" if p in template else ""),
+    )
+    try:
+        names, kl = pairwise_kl_data(
+            lens_request.spec,
+            _default_model_key(),
+            lens_request.prompt,
+            lens_request.chat,
+            lens_request.system,
+            int(pos),
+        )
+    except Exception as exc:  # noqa: BLE001 - a message, never a traceback
+        st.error(f"Layer \u00d7 layer KL failed: {type(exc).__name__}: {_md_escape(str(exc))}")
+        return
+    chart = charts.layer_pairwise_heatmap(
+        names,
+        kl,
+        vocab_size=lens.vocab_size,
+        subtitle=f"position {pos} ({format_token(str(lens.tokens[pos]), 20)}) \u00b7 "
+        f"{lens.model_name or 'model'}",
+    )
+    st.altair_chart(chart, theme=None, width="content", key="pair_chart")
+    with st.expander("Export the layer \u00d7 layer KL"):
+        _download_row("Layer KL", chart, "layer_kl")
+
+
+def sweep_tab() -> None:
+    """Intervention sweep (KL heatmap), lens on the generated tokens, layer x layer KL."""
+    _show_messages()  # the sidebar's (lens run's) messages: it may be pressed from this tab
+    lens = _result()
+    lens_request = st.session_state.get("lens_request")
+    if lens is None or lens_request is None:
+        st.info("Run the logit lens first (sidebar): this tab uses the same model and prompt.")
+        return
+    st.caption(
+        f"Which blocks, at which prompt positions, does the answer depend on? Model "
+        f"{_md_escape(lens.model_name or '?')} \u00b7 {lens.n_rows - 1} blocks \u00b7 "
+        f"prompt of the logit-lens tab ({lens.n_positions} tokens, "
+        f"{'chat template' if lens.chat else 'raw text'}); change it in the sidebar."
+    )
+    _sync_sweep_inputs(lens)
+    submitted = _sweep_form(lens)
+    if submitted:
+        st.session_state["sweep_messages"] = []
+        request = _sweep_request(lens, lens_request)
+        if request is not None:
+            run_sweep(request)
+    for level, text in st.session_state.get("sweep_messages", []):
+        {"error": st.error, "warning": st.warning, "info": st.info}[level](text)
+
+    result: SweepResult | None = st.session_state.get("sweep_result")
+    if result is None:
+        st.info("Choose blocks and positions, then press **Run sweep**.")
+    else:
+        if any(level == "error" for level, _ in st.session_state.get("sweep_messages", [])):
+            st.caption("Showing the last good sweep.")
+        _sweep_view(result, st.session_state["sweep_request"], lens_request)
+    _pairwise_view(lens, lens_request)
+
+
+#: The app's tabs: (title, function drawing it). Add a tab by appending to this list.
+TABS: list[tuple[str, Callable[[], None]]] = [
+    ("Logit lens", lens_tab),
+    ("Generation & interventions", sweep_tab),
+]
+
+
+def main() -> None:
+    st.set_page_config(
+        page_title="lenskit \u00b7 logit lens", page_icon="\U0001f50e", layout="wide"
+    )
+    for key, value in FORM_DEFAULTS.items():
+        st.session_state.setdefault(key, value)
+    request, run_now = sidebar()
+    # First open: run the example prompt so a heatmap is on screen without typing anything.
+    if not st.session_state.get("started"):
+        st.session_state["started"] = True
+        run_now = True
+    if run_now:
+        run_request(request)
+    # Only the open tab runs (switching tabs reruns the app): the sweep tab's model calls do
+    # not slow the lens view down. Tab widgets keep their values while hidden (persist_state).
+    tabs = st.tabs([title for title, _ in TABS], key="active_tab", on_change="rerun")
+    for tab, (_, draw) in zip(tabs, TABS, strict=True):
+        if tab.open:
+            with tab:
+                draw()
+
+
+main()

@@ -1,0 +1,248 @@
+"""The Streamlit app under AppTest, with a tiny random model as "default" (fast, offline).
+
+AppTest runs app.py in this process; the model is selected through LENSKIT_DEFAULT_MODEL.
+Charts appear as elements of type "vega_lite_chart" whose ``proto.spec`` is the Vega-Lite
+JSON (the cell data travel separately as Arrow datasets). AppTest cannot brush a chart, so
+the detail range is driven through its slider (key "detail_range"), which is the state the
+brush callback writes; the real brush is exercised in test_browser.py.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import make_plain_tokenizer, make_tiny_model
+from streamlit.testing.v1 import AppTest
+
+APP = str(Path(__file__).resolve().parents[2] / "app.py")
+TIMEOUT = 120
+
+
+@pytest.fixture
+def app(tiny_default_model: Path) -> AppTest:
+    """A fresh app session whose first run (the example prompt) is done."""
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def charts_of(at: AppTest) -> dict[str, dict]:
+    """Vega-Lite specs by chart key (overview_chart, detail_chart, drill_chart)."""
+    out = {}
+    for element in at.get("vega_lite_chart"):
+        spec = json.loads(element.proto.spec)
+        if element.proto.id:  # charts with selections are widgets: their id ends in the key
+            out[element.proto.id.rsplit("-", 1)[-1]] = spec
+        elif "hconcat" in spec:
+            out["drill_chart"] = spec
+    return out
+
+
+def cell_layer(spec: dict) -> dict:
+    return next(layer for layer in spec["layer"] if layer.get("mark", {}).get("type") == "rect")
+
+
+def detail_positions(at: AppTest) -> list[int]:
+    return cell_layer(charts_of(at)["detail_chart"])["encoding"]["x"]["scale"]["domain"]
+
+
+def colour_title(at: AppTest, key: str = "overview_chart") -> str:
+    return cell_layer(charts_of(at)[key])["encoding"]["color"]["title"]
+
+
+def submit(at: AppTest, **fields) -> AppTest:
+    """Fill the sidebar form (by widget key) and press its submit button."""
+    for key, value in fields.items():
+        at.session_state[key] = value
+    at.button[0].click()  # the form's only button
+    at.run()
+    return at
+
+
+def messages(at: AppTest) -> str:
+    return " | ".join(e.value for e in [*at.error, *at.warning])
+
+
+def assert_usable(at: AppTest) -> None:
+    """No exception, and the last good result is still on screen."""
+    assert not at.exception, at.exception
+    assert {"overview_chart", "detail_chart"} <= set(charts_of(at))
+
+
+def test_first_run_shows_example(app: AppTest) -> None:
+    specs = charts_of(app)
+    assert set(specs) == {"overview_chart", "detail_chart", "drill_chart"}
+    assert not app.error
+    result = app.session_state["lens_result"]
+    assert result.prompt == "What is the capital of Australia?"
+    assert result.chat and result.template_positions.size > 0
+    # default detail range: the end of the question and every template token
+    positions = detail_positions(app)
+    assert positions[-1] == result.n_positions - 1
+    assert positions[0] <= int(result.template_positions.min())
+    # the prompt is shown as text (st.code), not rendered
+    assert any(c.value == result.prompt for c in app.code)
+    # the overview colours by entropy on the fixed 0 .. ln V domain
+    scale = cell_layer(specs["overview_chart"])["encoding"]["color"]["scale"]
+    assert scale["domain"][0] == 0
+    assert scale["domain"][1] == pytest.approx(__import__("math").log(result.vocab_size))
+    assert len(app.get("download_button")) == 2 + 9
+
+
+def test_submit_new_prompt_updates_charts(app: AppTest) -> None:
+    before = app.session_state["lens_json"]
+    submit(app, prompt="The quick brown fox jumps over the lazy dog.", chat=False, target="")
+    assert_usable(app)
+    assert not app.error
+    result = app.session_state["lens_result"]
+    assert app.session_state["lens_json"] != before
+    assert result.prompt == "The quick brown fox jumps over the lazy dog." and not result.chat
+    assert result.target is None
+    sort = cell_layer(charts_of(app)["overview_chart"])["encoding"]["x"]["scale"]["domain"]
+    assert sort == list(range(result.n_positions))
+    assert any(c.value == result.prompt for c in app.code)
+
+
+def test_detail_range_follows_selection(app: AppTest) -> None:
+    app.slider(key="detail_range").set_value((2, 6)).run()
+    assert not app.exception
+    assert detail_positions(app) == [2, 3, 4, 5, 6]
+    # the overview carries the brush that drives this range in a browser
+    overview = charts_of(app)["overview_chart"]
+    params = [
+        *overview.get("params", []),
+        *(p for x in overview["layer"] for p in x.get("params", [])),
+    ]
+    assert "brush" in {p["name"] for p in params}
+
+
+def test_detail_range_is_capped(app: AppTest) -> None:
+    long_prompt = " ".join(["one two three four five six seven eight nine ten"] * 5)
+    submit(app, prompt=long_prompt, chat=False, target="")
+    assert_usable(app)
+    t = app.session_state["lens_result"].n_positions
+    assert t > 45
+    app.slider(key="detail_range").set_value((0, t - 1)).run()
+    assert not app.exception
+    assert detail_positions(app) == list(range(40))
+    assert any("at most 40 positions" in i.value for i in app.info)
+
+
+def test_metric_selector(app: AppTest) -> None:
+    assert colour_title(app).startswith("Entropy")
+    app.radio(key="metric").set_value("kl_to_final").run()
+    assert "KL" in colour_title(app) and "KL" in colour_title(app, "detail_chart")
+    app.radio(key="metric").set_value("top1_prob").run()
+    assert colour_title(app).startswith("Top-1")
+    app.radio(key="metric").set_value("target_prob").run()  # the example has a target
+    assert colour_title(app).startswith("Target")
+    assert not app.warning
+    # without a target: a warning and the entropy view, no exception
+    submit(app, target="")
+    app.radio(key="metric").set_value("target_prob").run()
+    assert not app.exception
+    assert any("target token" in w.value for w in app.warning)
+    assert colour_title(app).startswith("Entropy")
+
+
+def test_drilldown_position(app: AppTest) -> None:
+    app.selectbox(key="drill_pos").set_value(3).run()
+    assert not app.exception
+    table = app.dataframe[0].value
+    assert list(table["layer"])[0] == "out" and list(table["layer"])[-1] == "emb"
+    title = charts_of(app)["drill_chart"]["title"]
+    assert "Position 3" in json.dumps(title)
+
+
+def test_example_picker(app: AppTest) -> None:
+    app.selectbox(key="example").set_value("Counting (raw text)").run()
+    assert_usable(app)
+    result = app.session_state["lens_result"]
+    assert result.prompt.startswith("one, two, three") and not result.chat
+    assert result.target == " six"
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"prompt": ""}, "empty"),
+        ({"prompt": "   \n\t "}, "empty"),
+        ({"prompt": "word " * 400}, "context"),
+        ({"model_choice": "other", "model_path": "/no/such/model/dir"}, "could not load"),
+        ({"model_choice": "other", "model_path": ""}, "no hub id"),
+        ({"target": " Canberra Sydney Melbourne Perth"}, "token"),
+    ],
+    ids=["empty", "whitespace", "too-long", "bad-model", "no-model-path", "multi-token-target"],
+)
+def test_bad_input_keeps_last_result(app: AppTest, fields: dict, expected: str) -> None:
+    good = app.session_state["lens_json"]
+    submit(app, **fields)
+    assert_usable(app)
+    text = messages(app).lower().replace("\\", "")
+    assert expected in text, text
+    assert app.session_state["lens_json"] == good
+    assert any("last good result" in c.value for c in app.caption)
+    # and a good run afterwards recovers
+    submit(
+        app,
+        prompt="What is the capital of France?",
+        model_choice="default",
+        target=" Paris",
+    )
+    assert_usable(app)
+    assert not app.error
+    assert app.session_state["lens_result"].prompt == "What is the capital of France?"
+
+
+def test_model_without_chat_template(app: AppTest, tmp_path: Path) -> None:
+    tok = make_plain_tokenizer()
+    model = make_tiny_model("llama", len(tok))
+    model.save_pretrained(tmp_path / "plain")
+    tok.save_pretrained(tmp_path / "plain")
+    good = app.session_state["lens_json"]
+    submit(app, model_choice="other", model_path=str(tmp_path / "plain"), chat=True)
+    assert_usable(app)
+    assert "chat template" in messages(app).lower()
+    assert app.session_state["lens_json"] == good
+    # the same model with a raw prompt works
+    submit(app, chat=False, target="")
+    assert_usable(app)
+    assert not app.error
+    assert str(tmp_path / "plain") in app.session_state["lens_result"].model_name
+
+
+def test_system_prompt_without_chat_is_ignored_with_warning(app: AppTest) -> None:
+    submit(app, chat=False, system="Be terse.", target="")
+    assert_usable(app)
+    assert any("system prompt" in w.value.lower() for w in app.warning)
+    assert not app.session_state["lens_result"].chat
+
+
+def test_user_text_is_never_rendered(app: AppTest) -> None:
+    evil = "<script>alert(1)</script> **bold** [link](javascript:alert(1)) <img src=x onerror=alert(2)>"
+    submit(app, prompt=evil, chat=True, target="")
+    assert_usable(app)
+    assert any(c.value == evil for c in app.code)  # shown verbatim as text
+    for element in [*app.markdown, *app.caption, *app.error, *app.warning, *app.info]:
+        assert not getattr(element.proto, "allow_html", False)
+        assert "<script>" not in element.value
+        assert "**bold**" not in element.value
+    # a hostile model spec ends up escaped in the error message too
+    submit(app, model_choice="other", model_path="/x/<b>bold</b>/**y**")
+    assert_usable(app)
+    assert app.error and "<b>" not in app.error[0].value and "**y**" not in app.error[0].value
+
+
+def test_two_sessions_are_independent(tiny_default_model: Path) -> None:
+    a = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    b = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    a.run()
+    b.run()
+    submit(a, prompt="What is the capital of Japan?", target="")
+    b.run()
+    assert a.session_state["lens_result"].prompt == "What is the capital of Japan?"
+    assert b.session_state["lens_result"].prompt == "What is the capital of Australia?"
+    assert not a.exception and not b.exception

@@ -1,0 +1,251 @@
+"""The "Generation & interventions" tab under AppTest, with the tiny random model as "default".
+
+The tab reuses the sidebar's model and prompt (the last good logit-lens run); its own inputs
+live in a form (key "sweep_form") submitted by the button with key "sweep_submit". Charts are
+"vega_lite_chart" elements; charts without selections carry no id, so they are told apart by
+their title text.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+APP = str(Path(__file__).resolve().parents[2] / "app.py")
+TIMEOUT = 120
+TAB = "Generation & interventions"
+
+
+@pytest.fixture
+def app(tiny_default_model: Path) -> AppTest:
+    """A fresh app session: first run (the example prompt, chat template) done, tab opened."""
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception, at.exception
+    return open_tab(at)
+
+
+def open_tab(at: AppTest, label: str = TAB) -> AppTest:
+    """Switch tabs (only the open tab's content runs; its state key is "active_tab")."""
+    at.session_state["active_tab"] = label
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def run_lens(at: AppTest, **fields) -> AppTest:
+    """Fill the sidebar form (by widget key) and press Run logit lens."""
+    for key, value in fields.items():
+        at.session_state[key] = value
+    at.sidebar.button[0].click()
+    at.run()
+    return at
+
+
+def tab(at: AppTest):
+    return next(t for t in at.tabs if t.label == TAB)
+
+
+def specs(at: AppTest) -> dict[str, dict]:
+    """The tab's Vega-Lite specs by kind: "sweep", "gen_lens", "pairwise"."""
+    out: dict[str, dict] = {}
+    for element in tab(at).get("vega_lite_chart"):
+        spec = json.loads(element.proto.spec)
+        title = json.dumps(spec.get("title", ""))
+        if "Intervention sweep" in title:
+            out["sweep"] = spec
+        elif "generated tokens" in title:
+            out["gen_lens"] = spec
+        elif "Layer" in title:
+            out["pairwise"] = spec
+    return out
+
+
+def run_sweep(at: AppTest, **fields) -> AppTest:
+    """Set the tab's form fields (by widget key) and press Run sweep."""
+    for key, value in fields.items():
+        at.session_state[key] = value
+    at.button(key="sweep_submit").click()
+    at.run()
+    return at
+
+
+def tab_messages(at: AppTest) -> str:
+    t = tab(at)
+    return " | ".join(e.value for e in [*t.error, *t.warning]).replace("\\", "")
+
+
+def rect_layer(spec: dict) -> dict:
+    return next(x for x in spec.get("layer", [spec]) if x.get("mark", {}).get("type") == "rect")
+
+
+def test_tab_exists_and_waits_for_a_run(app: AppTest) -> None:
+    assert [t.label for t in app.tabs] == ["Logit lens", TAB]
+    assert "sweep" not in specs(app)
+    assert any("Run sweep" in i.value for i in tab(app).info)
+    # the layer x layer KL view is there without a sweep (prompt positions of the lens run)
+    assert "pairwise" in specs(app)
+    lens = app.session_state["lens_result"]
+    assert app.selectbox(key="pair_pos").value == lens.n_positions - 1
+    # defaults: all blocks, template positions, skip, 5 tokens
+    n_blocks = lens.n_rows - 1
+    assert app.multiselect(key="sweep_layers").value == list(range(n_blocks))
+    assert app.radio(key="sweep_pos_mode").value == "template"
+    assert app.radio(key="sweep_intervention").value == "skip"
+    assert app.number_input(key="sweep_max_new").value == 5
+
+
+def test_sweep_shows_heatmap(app: AppTest) -> None:
+    run_sweep(app, sweep_max_new=3)
+    assert not app.exception, app.exception
+    assert not tab(app).error, tab_messages(app)
+    result = app.session_state["sweep_result"]
+    lens = app.session_state["lens_result"]
+    assert result.kl.shape == (lens.n_rows - 1, result.n_generated)
+    assert 1 <= result.n_generated <= 3
+    assert result.positions.tolist() == lens.template_positions.tolist()
+    found = specs(app)
+    assert {"sweep", "gen_lens", "pairwise"} <= set(found)
+    cells = rect_layer(found["sweep"])
+    x_domain = cells["encoding"]["x"]["scale"]["domain"]
+    assert x_domain[0].startswith("Gen0 \u00b7 ")
+    assert len(x_domain) == result.n_generated
+    # block 0 at the bottom: the y domain runs from the last block down to 0
+    assert cells["encoding"]["y"]["scale"]["domain"][-1] == 0
+    colour = cells["encoding"]["color"]["scale"]
+    assert colour["domain"] == [0.0, 2.0] and colour["scheme"] == "yelloworangered"
+    gen_x = rect_layer(found["gen_lens"])["encoding"]["x"]["scale"]["domain"]
+    assert gen_x == x_domain[: len(gen_x)] and len(gen_x) == result.n_generated
+    # exports: CSV, JSON and chart downloads in the tab
+    keys = {b.proto.id.rsplit("-", 1)[-1] for b in tab(app).get("download_button")}
+    assert {"dl_sweep_csv", "dl_sweep_json", "dl_sweep_kl_png", "dl_sweep_kl_svg"} <= keys
+    # the lens tab is untouched
+    assert app.session_state["lens_result"] is lens
+
+
+def test_quick_pick_and_options(app: AppTest) -> None:
+    app.button(key="sweep_pick_band").click().run()
+    assert not app.exception
+    n_blocks = app.session_state["lens_result"].n_rows - 1
+    from lenskit.charts import band_layers
+
+    assert app.multiselect(key="sweep_layers").value == band_layers(n_blocks)
+    run_sweep(
+        app,
+        sweep_layers=[0, n_blocks - 1],
+        sweep_pos_mode="explicit",
+        sweep_positions=[1, 2],
+        sweep_intervention="noise",
+        sweep_seed=7,
+        sweep_max_new=2,
+    )
+    assert not app.exception and not tab(app).error, tab_messages(app)
+    result = app.session_state["sweep_result"]
+    assert result.layers.tolist() == [0, n_blocks - 1]
+    assert result.positions.tolist() == [1, 2]
+    assert result.intervention == "noise" and result.seed == 7
+    y = rect_layer(specs(app)["sweep"])["encoding"]["y"]["scale"]["domain"]
+    assert y == [n_blocks - 1, 0]
+
+
+def test_pairwise_position(app: AppTest) -> None:
+    app.selectbox(key="pair_pos").set_value(2).run()
+    assert not app.exception
+    spec = specs(app)["pairwise"]
+    assert "position 2" in json.dumps(spec["title"])
+    lens = app.session_state["lens_result"]
+    assert len(spec["encoding"]["x"]["scale"]["domain"]) == lens.n_rows
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"sweep_layers": []}, "no blocks selected"),
+        ({"sweep_pos_mode": "explicit", "sweep_positions": []}, "no positions picked"),
+        ({"sweep_pos_mode": "all-prompt", "sweep_intervention": "mean"}, "mean"),
+    ],
+    ids=["no-layers", "no-positions", "mean-without-sources"],
+)
+def test_bad_input_keeps_last_sweep(app: AppTest, fields: dict, expected: str) -> None:
+    run_sweep(app, sweep_max_new=2)
+    good = app.session_state["sweep_json"]
+    run_sweep(app, **fields)
+    assert not app.exception, app.exception
+    text = tab_messages(app).lower()
+    assert expected in text, text
+    assert app.session_state["sweep_json"] == good
+    assert "sweep" in specs(app)  # the last good sweep is still on screen
+    assert any("last good sweep" in c.value for c in tab(app).caption)
+
+
+def test_generation_past_the_context_is_a_message(app: AppTest) -> None:
+    """The tiny model's context is 128 tokens: a long prompt + 64 new tokens does not fit."""
+    run_lens(app, prompt="word " * 10)  # 77 tokens with the template
+    assert not app.exception and not app.error
+    run_sweep(app, sweep_max_new=64)
+    assert not app.exception, app.exception
+    assert "context" in tab_messages(app).lower()
+    assert app.session_state.get("sweep_result") is None
+
+
+def test_out_of_range_max_new_tokens(app: AppTest) -> None:
+    """Streamlit keeps number_input inside its bounds; the app never passes 0 or 65 on."""
+    for bad in (0, 65):
+        run_sweep(app, sweep_max_new=bad)
+        assert not app.exception, app.exception
+        result = app.session_state.get("sweep_result")
+        if result is not None:
+            assert 1 <= result.max_new_tokens <= 64
+
+
+def test_raw_prompt_without_template(app: AppTest) -> None:
+    run_lens(app, chat=False, target="")
+    assert not app.exception
+    run_sweep(app)
+    assert "no template tokens" in tab_messages(app).lower()
+    run_sweep(app, sweep_pos_mode="all-prompt", sweep_max_new=2)
+    assert not tab(app).error, tab_messages(app)
+    assert not app.session_state["sweep_result"].chat
+
+
+def test_switching_tabs_keeps_inputs_and_results(tiny_default_model: Path) -> None:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.run()
+    assert not at.get("multiselect")  # only the open tab runs: the sweep tab is idle
+    at.radio(key="metric").set_value("kl_to_final").run()
+    at.slider(key="detail_range").set_value((2, 6)).run()
+    open_tab(at)
+    assert "overview_chart" not in json.dumps([e.proto.id for e in at.get("vega_lite_chart")])
+    run_sweep(at, sweep_max_new=2, sweep_layers=[1, 2], sweep_intervention="mean")
+    assert not at.exception and not tab(at).error, tab_messages(at)
+    open_tab(at, "Logit lens")
+    assert at.radio(key="metric").value == "kl_to_final"
+    assert at.slider(key="detail_range").value == (2, 6)
+    open_tab(at)
+    assert at.multiselect(key="sweep_layers").value == [1, 2]
+    assert at.radio(key="sweep_intervention").value == "mean"
+    assert at.number_input(key="sweep_max_new").value == 2
+    assert "sweep" in specs(at)
+
+
+def test_lens_errors_show_in_this_tab(app: AppTest) -> None:
+    run_sweep(app, sweep_layers=[0], sweep_max_new=2)
+    assert not tab(app).error
+    run_lens(app, model_choice="other", model_path="/no/such/model")
+    assert not app.exception
+    assert "could not load" in tab_messages(app).lower()  # the sidebar's error, shown here
+    assert "sweep" in specs(app)  # the last good sweep stays
+
+
+def test_user_text_is_not_rendered(app: AppTest) -> None:
+    evil = "<script>alert(1)</script> **bold** [x](javascript:alert(1))"
+    run_lens(app, prompt=evil, target="")
+    run_sweep(app, sweep_max_new=2)
+    assert not app.exception
+    t = tab(app)
+    for element in [*t.markdown, *t.caption, *t.error, *t.warning, *t.info]:
+        assert not getattr(element.proto, "allow_html", False)
+        assert "<script>" not in element.value and "**bold**" not in element.value

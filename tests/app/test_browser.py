@@ -1,0 +1,229 @@
+"""The app in a real browser: `streamlit run app.py` (as `make app` does) + Debian Chromium.
+
+Skips when Chromium or Playwright is missing, except under CI=true, where it fails. The app
+runs on the tiny random model (LENSKIT_DEFAULT_MODEL) so the test is quick.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
+IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
+CHART = "[data-testid='stVegaLiteChart']"
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"browser test cannot run under CI: {reason}")
+    pytest.skip(reason)
+
+
+def find_chromium() -> str | None:
+    for candidate in (os.environ.get("LENSKIT_CHROMIUM"), "/usr/bin/chromium"):
+        if candidate and Path(candidate).is_file():
+            return candidate
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def streamlit_exe() -> str:
+    exe = Path(sys.executable).parent / "streamlit"
+    return str(exe) if exe.is_file() else "streamlit"
+
+
+@pytest.fixture
+def app_url(tiny_model_dir: Path, tmp_path: Path) -> Iterator[str]:
+    """Start the app as `make app` does, on a free port; kill it afterwards."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "LENSKIT_DEFAULT_MODEL": str(tiny_model_dir),
+        "LENSKIT_CACHE_DIR": str(tmp_path / "cache"),
+    }
+    log = open(tmp_path / "streamlit.log", "wb")  # noqa: SIM115 - closed below
+    cmd = [streamlit_exe(), "run", "app.py", "--server.port", str(port)]
+    cmd += ["--server.headless", "true", "--server.address", "127.0.0.1"]
+    server = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                log.flush()
+                pytest.fail(
+                    "streamlit did not start:\n"
+                    + (tmp_path / "streamlit.log").read_text(errors="replace")[-3000:]
+                )
+            time.sleep(0.5)
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(timeout=15)
+        log.close()
+
+
+def wait_idle(page, timeout: float = 90_000) -> None:
+    page.wait_for_selector(IDLE, timeout=timeout)
+
+
+@pytest.fixture
+def chromium() -> str:
+    """Path of the Chromium binary; skips (fails under CI=true) when there is none."""
+    path = find_chromium()
+    if path is None:
+        _unavailable("no Chromium found (apt-get install chromium)")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        _unavailable("playwright (Python) is not installed")
+    return str(path)
+
+
+def test_app_in_chromium(chromium: str, app_url: str, tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 1100})
+            page.goto(app_url)
+            # first open: the example prompt runs by itself and the heatmaps appear
+            page.wait_for_selector(f"{CHART} canvas, {CHART} svg.marks", timeout=120_000)
+            wait_idle(page)
+            assert page.locator("[data-testid='stException']").count() == 0
+
+            # type a prompt and submit the sidebar form
+            prompt = "What is the capital of France?"
+            page.get_by_role("textbox", name="Prompt", exact=True).fill(prompt)
+            page.get_by_role("textbox", name="Target token (optional)").fill(" Paris")
+            page.get_by_role("button", name="Run logit lens").click()
+            page.locator("[data-testid='stCode']").filter(has_text=prompt).first.wait_for(
+                timeout=90_000
+            )
+            wait_idle(page)
+            charts = page.locator(CHART)
+            assert charts.count() >= 3
+            assert page.locator(f"{CHART} canvas, {CHART} svg.marks").count() >= 3
+            assert page.locator("[data-testid='stException']").count() == 0
+            page.screenshot(path=str(tmp_path / "after_submit.png"), full_page=True)
+
+            # brush across the left part of the overview: the detail range follows
+            slider = page.locator("[data-testid='stSlider']").first
+            before = slider.inner_text()
+            overview = charts.first.locator("canvas, svg.marks").first
+            box = overview.bounding_box()
+            assert box is not None
+            y = box["y"] + box["height"] * 0.45
+            page.mouse.move(box["x"] + box["width"] * 0.12, y)
+            page.mouse.down()
+            page.mouse.move(box["x"] + box["width"] * 0.25, y, steps=8)
+            page.mouse.up()
+            deadline = time.monotonic() + 60
+            while slider.inner_text() == before and time.monotonic() < deadline:
+                page.wait_for_timeout(250)
+            wait_idle(page)
+            assert slider.inner_text() != before, "brushing the overview did not move the range"
+            assert page.locator("[data-testid='stException']").count() == 0
+            page.screenshot(path=str(tmp_path / "after_brush.png"), full_page=True)
+
+            # click a cell of the detail view: the drill-down moves to that position
+            drill = page.get_by_role("combobox", name="Position", exact=True)
+            before = drill.input_value()
+            detail = charts.nth(1).locator("canvas, svg.marks").first
+            box = detail.bounding_box()
+            assert box is not None
+            # the plot starts after the y-axis labels: aim at the middle of the plot area
+            page.mouse.click(box["x"] + box["width"] * 0.35, box["y"] + box["height"] * 0.5)
+            deadline = time.monotonic() + 60
+            while drill.input_value() == before and time.monotonic() < deadline:
+                page.wait_for_timeout(250)
+            wait_idle(page)
+            assert drill.input_value() != before, "clicking a detail cell did not drill down"
+            assert page.locator("[data-testid='stException']").count() == 0
+        finally:
+            browser.close()
+
+
+@pytest.mark.slow
+def test_readme_screenshot(tmp_path: Path) -> None:
+    """Regenerate docs/app.png on the real default model (opt-in: LENSKIT_README_SCREENSHOT=1).
+
+    ``LENSKIT_README_SCREENSHOT=1 .venv/bin/python -m pytest tests/app/test_browser.py -k readme``
+    """
+    if not os.environ.get("LENSKIT_README_SCREENSHOT"):
+        pytest.skip("set LENSKIT_README_SCREENSHOT=1 to regenerate docs/app.png")
+    chromium = find_chromium()
+    if chromium is None:
+        pytest.skip("no Chromium found (apt-get install chromium)")
+    from PIL import Image
+    from playwright.sync_api import sync_playwright
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "LENSKIT_DEFAULT_MODEL"}
+    cmd = [streamlit_exe(), "run", "app.py", "--server.port", str(port)]
+    server = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1500, "height": 1800})
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    page.goto(f"http://127.0.0.1:{port}")
+                    break
+                except Exception:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(1)
+            page.wait_for_selector(f"{CHART} canvas, {CHART} svg.marks", timeout=300_000)
+            wait_idle(page, timeout=300_000)
+            page.wait_for_timeout(2000)
+            raw = tmp_path / "full.png"
+            page.screenshot(path=str(raw))
+            browser.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=15)
+    image = Image.open(raw).convert("RGB").crop((0, 40, 1440, 1680))
+    image = image.resize((1100, round(image.height * 1100 / image.width)), Image.LANCZOS)
+    out = ROOT / "docs" / "app.png"
+    image.quantize(colors=256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE).save(
+        out, optimize=True
+    )
+    assert out.stat().st_size < 300_000
