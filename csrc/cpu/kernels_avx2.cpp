@@ -110,6 +110,9 @@ struct Vec {
     mask live;
     return exp_nonpos(z, live);
   }
+  // The fast blocks of kernel_impl.h are AVX-512 only: declared, never defined.
+  static vec exp2_fast(vec y);
+  static constexpr bool kFastBlocks = false;
   static constexpr bool kPrefetch = true;
 };
 

@@ -98,6 +98,34 @@ struct Vec {
     mask live;
     return exp_nonpos(z, live);
   }
+  // 2^y for the fast blocks (any y; y <= 0 in the common case): y = n + j/32 + r with
+  // n + j/32 = floor(32 y)/32 and r in [0, 1/32]; 2^(j/32) from a 32-entry table (one
+  // two-register permute, indexed by the low mantissa bits of y + 1.5 * 2^18 rounded down),
+  // 2^r by the degree-2 minimax polynomial 1 + r (c1 + c2 r) (relative error 6.5e-8, so
+  // about 1.5e-7 in all with the fp32 table, below the degree-5 exp_nonpos), and scalef
+  // multiplies by 2^floor(y) = 2^n. Exactly 2^0 == 1 and 2^-inf == 0 (reduce(-inf) == 0,
+  // scalef by -inf gives 0); y < -149 gives 0, y in [-149, -126) a subnormal; NaN gives NaN
+  // and +inf gives +inf (the callers test their sums for that).
+  LK_INLINE static vec exp2_fast(vec y) {
+    const vec t = _mm512_add_round_ps(y, set1(393216.0f), _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    const vec r = _mm512_reduce_ps(y, (5 << 4) | _MM_FROUND_NO_EXC | _MM_FROUND_TO_NEG_INF);
+    const vec tlo = _mm512_setr_ps(1.0f, 1.0218971967697144f, 1.0442737340927124f,
+                                   1.0671404600143433f, 1.0905077457427979f, 1.114386796951294f,
+                                   1.1387885808944702f, 1.1637248992919922f, 1.1892070770263672f,
+                                   1.215247392654419f, 1.2418577671051025f, 1.2690509557724f,
+                                   1.2968395948410034f, 1.3252366781234741f, 1.3542555570602417f,
+                                   1.3839099407196045f);
+    const vec thi = _mm512_setr_ps(1.4142135381698608f, 1.4451807737350464f, 1.4768261909484863f,
+                                   1.5091644525527954f, 1.5422108173370361f, 1.5759809017181396f,
+                                   1.610490322113037f, 1.6457555294036865f, 1.6817928552627563f,
+                                   1.7186193466186523f, 1.7562521696090698f, 1.7947090864181519f,
+                                   1.8340080976486206f, 1.8741676807403564f, 1.9152065515518188f,
+                                   1.9571441411972046f);
+    const vec tj = _mm512_permutex2var_ps(tlo, _mm512_castps_si512(t), thi);
+    const vec q = _mm512_fmadd_ps(set1(0.24265237f), r, set1(0.69312374f));
+    return _mm512_scalef_ps(_mm512_fmadd_ps(_mm512_mul_ps(tj, r), q, tj), y);
+  }
+  static constexpr bool kFastBlocks = true;
   static constexpr bool kPrefetch = true;
 };
 
