@@ -76,6 +76,11 @@ def _clamp01(x: float) -> float:
     return min(max(float(x), 0.0), 1.0)
 
 
+def _bar_callback(bar: Any) -> Callable[[float, str], None]:
+    """A ``progress(fraction, message)`` callback that updates the Streamlit progress bar."""
+    return lambda f, m: bar.progress(_clamp01(f), text=_md_escape(str(m)))
+
+
 @st.cache_resource(max_entries=1, show_spinner=False)
 def get_model(spec: str, default_key: str = "") -> tuple[Any, Any]:
     """``load_model(spec)``, cached process-wide, one model at a time.
@@ -87,9 +92,7 @@ def get_model(spec: str, default_key: str = "") -> tuple[Any, Any]:
     # is created (and removed) in here, never updated from outside.
     bar = st.progress(0.0, text="Loading the model\u2026")
     try:
-        return load_model(
-            spec, progress=lambda f, m: bar.progress(_clamp01(f), text=_md_escape(str(m)))
-        )
+        return load_model(spec, progress=_bar_callback(bar))
     finally:
         bar.empty()
 
@@ -116,7 +119,7 @@ def lens_json(
             system=system,
             top_k=top_k,
             target=target,
-            progress=lambda f, m: bar.progress(_clamp01(f), text=_md_escape(str(m))),
+            progress=_bar_callback(bar),
         )
     finally:
         bar.empty()
@@ -150,8 +153,9 @@ def _say(level: str, text: str) -> None:
     st.session_state.setdefault("messages", []).append((level, text))
 
 
-def _show_messages() -> None:
-    for level, text in st.session_state.get("messages", []):
+def _show_messages(key: str = "messages") -> None:
+    """Show the (level, text) messages queued under ``st.session_state[key]``."""
+    for level, text in st.session_state.get(key, []):
         {"error": st.error, "warning": st.warning, "info": st.info}[level](text)
 
 
@@ -169,6 +173,23 @@ def _set_result(text: str) -> None:
 
 def _position_label(result: LensResult, p: int) -> str:
     return f"{p}: {format_token(str(result.tokens[p]), 24)}"
+
+
+def _position_select(result: LensResult, key: str, format_func: Callable[[int], str]) -> int:
+    """A "Position" selectbox over the prompt, its state in ``key`` (the last position when
+    the state does not fit this result)."""
+    t = result.n_positions
+    if st.session_state.get(key) not in range(t):
+        st.session_state[key] = t - 1
+    return st.selectbox(
+        "Position", list(range(t)), key=key, format_func=format_func, persist_state="page"
+    )
+
+
+def _position_labeller(result: LensResult) -> Callable[[int], str]:
+    """``_position_label`` with " (template)" after the chat template's positions."""
+    template = {int(p) for p in result.template_positions}
+    return lambda p: _position_label(result, p) + (" (template)" if p in template else "")
 
 
 # --------------------------------------------------------------------------------------------
@@ -338,6 +359,31 @@ def _download_row(label: str, chart: Any, stem: str) -> None:
         )
 
 
+def _data_downloads(
+    result: LensResult | SweepResult, label: str, json_text: str, *, stem: str, key: str
+) -> None:
+    """ "<label> as CSV" and "<label> as JSON" buttons side by side (``stem``.csv/.json)."""
+    col_csv, col_json = st.columns(2)
+    col_csv.download_button(
+        f"{label} as CSV",
+        data=lambda: result.to_frame().to_csv(index=False),  # built on click only
+        file_name=f"{stem}.csv",
+        mime="text/csv",
+        on_click="ignore",
+        key=f"{key}_csv",
+        width="stretch",
+    )
+    col_json.download_button(
+        f"{label} as JSON",
+        data=json_text,
+        file_name=f"{stem}.json",
+        mime="application/json",
+        on_click="ignore",
+        key=f"{key}_json",
+        width="stretch",
+    )
+
+
 def lens_tab() -> None:
     """Overview heatmap with a brush, labelled detail view, per-position drill-down, export."""
     _show_messages()
@@ -425,15 +471,7 @@ def lens_tab() -> None:
     )
 
     st.subheader("Drill-down")
-    if st.session_state.get("drill_pos") not in range(t):
-        st.session_state["drill_pos"] = t - 1
-    pos = st.selectbox(
-        "Position",
-        list(range(t)),
-        key="drill_pos",
-        format_func=lambda p: _position_label(result, p),
-        persist_state="page",
-    )
+    pos = _position_select(result, "drill_pos", lambda p: _position_label(result, p))
     table_col, chart_col = st.columns([5, 6])
     with table_col:
         table = charts.position_table(result, pos)
@@ -447,25 +485,7 @@ def lens_tab() -> None:
             st.caption("Set a target token to plot its probability and rank across layers.")
 
     with st.expander("Export"):
-        col_csv, col_json = st.columns(2)
-        col_csv.download_button(
-            "Grid as CSV",
-            data=lambda: result.to_frame().to_csv(index=False),  # built on click only
-            file_name="lens.csv",
-            mime="text/csv",
-            on_click="ignore",
-            key="dl_csv",
-            width="stretch",
-        )
-        col_json.download_button(
-            "Grid as JSON",
-            data=st.session_state["lens_json"],
-            file_name="lens.json",
-            mime="application/json",
-            on_click="ignore",
-            key="dl_json",
-            width="stretch",
-        )
+        _data_downloads(result, "Grid", st.session_state["lens_json"], stem="lens", key="dl")
         st.caption("Charts (PNG/SVG rendered offline; HTML is standalone, no network needed):")
         _download_row("Overview", overview, "lens_overview")
         _download_row("Detail", detail, "lens_detail")
@@ -643,11 +663,6 @@ def _sweep_form(lens: LensResult) -> bool:
     cols[2].button(
         "Clear", key="sweep_pick_none", on_click=_set_layers, args=([],), width="stretch"
     )
-    template = {int(p) for p in lens.template_positions}
-
-    def position_label(p: int) -> str:
-        return _position_label(lens, p) + (" (template)" if p in template else "")
-
     with st.form("sweep_form"):
         st.multiselect(
             "Blocks to intervene on (rows)",
@@ -699,7 +714,7 @@ def _sweep_form(lens: LensResult) -> bool:
                 list(range(lens.n_positions)),
                 key="sweep_positions",
                 persist_state="page",
-                format_func=position_label,
+                format_func=_position_labeller(lens),
             )
         return st.form_submit_button("Run sweep", type="primary", key="sweep_submit")
 
@@ -870,24 +885,8 @@ def _sweep_view(result: SweepResult, request: SweepRequest, lens_request: LensRe
         st.altair_chart(gen_chart, theme=None, width="content", key="gen_lens_chart")
 
     with st.expander("Export the sweep"):
-        col_csv, col_json = st.columns(2)
-        col_csv.download_button(
-            "Sweep as CSV",
-            data=lambda: result.to_frame().to_csv(index=False),
-            file_name="sweep.csv",
-            mime="text/csv",
-            on_click="ignore",
-            key="dl_sweep_csv",
-            width="stretch",
-        )
-        col_json.download_button(
-            "Sweep as JSON",
-            data=st.session_state["sweep_json"],
-            file_name="sweep.json",
-            mime="application/json",
-            on_click="ignore",
-            key="dl_sweep_json",
-            width="stretch",
+        _data_downloads(
+            result, "Sweep", st.session_state["sweep_json"], stem="sweep", key="dl_sweep"
         )
         st.caption("Charts (PNG/SVG rendered offline; HTML is standalone):")
         _download_row("Sweep", sweep_chart, "sweep_kl")
@@ -902,17 +901,7 @@ def _pairwise_view(lens: LensResult, lens_request: LensRequest) -> None:
         "(emb, blocks, out) at one prompt position; row out is the lens view's "
         "KL(out \u2016 layer). Fixed 0\u2013ln V colour scale, as in the lens view."
     )
-    t = lens.n_positions
-    if st.session_state.get("pair_pos") not in range(t):
-        st.session_state["pair_pos"] = t - 1
-    template = {int(p) for p in lens.template_positions}
-    pos = st.selectbox(
-        "Position",
-        list(range(t)),
-        key="pair_pos",
-        persist_state="page",
-        format_func=lambda p: _position_label(lens, p) + (" (template)" if p in template else ""),
-    )
+    pos = _position_select(lens, "pair_pos", _position_labeller(lens))
     try:
         names, kl = pairwise_kl_data(
             lens_request.spec,
@@ -958,8 +947,7 @@ def sweep_tab() -> None:
         request = _sweep_request(lens, lens_request)
         if request is not None:
             run_sweep(request)
-    for level, text in st.session_state.get("sweep_messages", []):
-        {"error": st.error, "warning": st.warning, "info": st.info}[level](text)
+    _show_messages("sweep_messages")
 
     result: SweepResult | None = st.session_state.get("sweep_result")
     if result is None:

@@ -6,7 +6,10 @@ import datetime as _dt
 import os
 import platform
 import re
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -42,3 +45,15 @@ def write_section(name: str, body: str) -> None:
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
     text = pattern.sub(lambda _m: f"{start}\n{body.strip()}\n{end}", text)
     DOC.write_text(text)
+
+
+def timed(fn: Callable[[], Any], repeats: int) -> tuple[Any, float, float]:
+    """Run ``fn`` ``repeats`` times: (its last result, best wall seconds, best CPU seconds)."""
+    best_wall = best_cpu = float("inf")
+    out = None
+    for _ in range(repeats):
+        w0, c0 = time.perf_counter(), time.process_time()
+        out = fn()
+        best_wall = min(best_wall, time.perf_counter() - w0)
+        best_cpu = min(best_cpu, time.process_time() - c0)
+    return out, best_wall, best_cpu

@@ -24,7 +24,6 @@ import json
 import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,20 +88,10 @@ def _long_prompt(tokenizer, n_tokens: int) -> str:
     return text + "What is the capital?"
 
 
-def _timed(fn, repeats: int):
-    best_wall = best_cpu = float("inf")
-    out = None
-    for _ in range(repeats):
-        w0, c0 = time.perf_counter(), time.process_time()
-        out = fn()
-        best_wall = min(best_wall, time.perf_counter() - w0)
-        best_cpu = min(best_cpu, time.process_time() - c0)
-    return out, best_wall, best_cpu
-
-
 def child(variant: str, n_tokens: int, repeats: int) -> dict:
     """One measurement in this (fresh) process; returns a JSON-able dict."""
     import torch
+    from _report import timed
 
     import lenskit
     from lenskit import lens as lens_mod
@@ -119,19 +108,19 @@ def child(variant: str, n_tokens: int, repeats: int) -> dict:
 
     if variant == "streamed":
         base = _reset_peak()
-        _, wall, cpu = _timed(lambda: lenskit.run_lens(model, tok, prompt), 1)
+        _, wall, cpu = timed(lambda: lenskit.run_lens(model, tok, prompt), 1)
         info["peak_extra_mib"] = _peak_mib() - base
         info["cold_wall"], info["cold_cpu"] = wall, cpu
         # warm: a fresh process's first large forward passes are slower (allocator warm-up)
-        _, wall, cpu = _timed(lambda: lenskit.run_lens(model, tok, prompt), repeats)
+        _, wall, cpu = timed(lambda: lenskit.run_lens(model, tok, prompt), repeats)
         info["run_lens_wall"], info["run_lens_cpu"] = wall, cpu
         ids = torch.tensor([enc.input_ids])
         with torch.inference_mode():
-            (hidden, _), fw_wall, fw_cpu = _timed(lambda: lens_mod._forward(model, ids), repeats)
+            (hidden, _), fw_wall, fw_cpu = timed(lambda: lens_mod._forward(model, ids), repeats)
             info["forward_wall"], info["forward_cpu"] = fw_wall, fw_cpu
             chunk = max(1, lens_mod.DEFAULT_CHUNK_BYTES // (4 * readout.vocab_size))
             step = max(1, chunk // n_rows) * n_rows
-            _, ro_wall, ro_cpu = _timed(
+            _, ro_wall, ro_cpu = timed(
                 lambda: lens_mod._read_out(
                     readout, hidden, 5, None, None, weight.device, lambda f, m: None
                 ),
@@ -147,10 +136,10 @@ def child(variant: str, n_tokens: int, repeats: int) -> dict:
                     rows = x[s : s + step]
                     torch.mm(rows, weight.T, out=buf[: rows.shape[0]])
 
-            _, g_wall, g_cpu = _timed(gemm, repeats)
+            _, g_wall, g_cpu = timed(gemm, repeats)
             info["gemm_wall"], info["gemm_cpu"] = g_wall, g_cpu
             if n_rows * t * weight.shape[0] * 4 <= 512 << 20:  # one-shot GEMM when it is small
-                _, g1_wall, g1_cpu = _timed(lambda: x @ weight.T, repeats)
+                _, g1_wall, g1_cpu = timed(lambda: x @ weight.T, repeats)
                 info["gemm_oneshot_wall"], info["gemm_oneshot_cpu"] = g1_wall, g1_cpu
     else:  # naive: every logit at once
         ids = torch.tensor([enc.input_ids])
@@ -168,7 +157,7 @@ def child(variant: str, n_tokens: int, repeats: int) -> dict:
                 torch.exp(vals - torch.logsumexp(z, dim=-1, keepdim=True))
 
         base = _reset_peak()
-        _, wall, cpu = _timed(naive, 1)
+        _, wall, cpu = timed(naive, 1)
         info["peak_extra_mib"] = _peak_mib() - base
         info["run_lens_wall"], info["run_lens_cpu"] = wall, cpu
     return info

@@ -36,17 +36,6 @@ TARGET_S = 10.0
 STRATEGIES = ("prefix", "batched", "sequential")
 
 
-def _timed(fn, repeats: int):
-    best_wall = best_cpu = float("inf")
-    out = None
-    for _ in range(repeats):
-        w0, c0 = time.perf_counter(), time.process_time()
-        out = fn()
-        best_wall = min(best_wall, time.perf_counter() - w0)
-        best_cpu = min(best_cpu, time.process_time() - c0)
-    return out, best_wall, best_cpu
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-write", action="store_true", help="print only")
@@ -58,7 +47,7 @@ def main() -> None:
 
     import numpy as np
     import torch
-    from _report import machine, stamp, write_section
+    from _report import machine, stamp, timed, write_section
 
     from lenskit.interventions import greedy_generate, intervention_sweep
     from lenskit.models import load_model
@@ -71,14 +60,14 @@ def main() -> None:
     enc = encode_prompt(tok, PROMPT)
     # Warm-up: the first forward pass faults the weights in and initialises the kernels.
     intervention_sweep(model, tok, PROMPT, layers=[n_blocks - 1])
-    _, gen_wall, gen_cpu = _timed(lambda: greedy_generate(model, enc.input_ids, 5), args.repeats)
+    _, gen_wall, gen_cpu = timed(lambda: greedy_generate(model, enc.input_ids, 5), args.repeats)
     load_before = os.getloadavg()[0]
 
     rows = {}
     results = {}
     for strategy in STRATEGIES:
         repeats = args.sequential_repeats if strategy == "sequential" else args.repeats
-        res, wall, cpu = _timed(
+        res, wall, cpu = timed(
             lambda s=strategy: intervention_sweep(model, tok, PROMPT, strategy=s), repeats
         )
         results[strategy] = res

@@ -51,11 +51,25 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
 
 
-def _add_lens_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_prompt_arguments(parser: argparse.ArgumentParser) -> None:
+    """The prompt, the model options, and how the prompt is wrapped (shared by all commands)."""
     parser.add_argument("prompt", help="the user's text")
     _add_model_arguments(parser)
     parser.add_argument("--raw", action="store_true", help="do not apply the chat template")
     parser.add_argument("--system", default=None, help="system prompt (chat template only)")
+
+
+def _add_out_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--out",
+        "-o",
+        required=True,
+        help=f"output file: {', '.join(DATA_FORMATS + CHART_FORMATS)}",
+    )
+
+
+def _add_lens_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_prompt_arguments(parser)
     parser.add_argument("--top-k", type=_positive_int, default=5, help="top tokens per cell (5)")
     parser.add_argument(
         "--target", default=None, help="single-token target to track, e.g. ' Canberra'"
@@ -66,12 +80,7 @@ def _add_lens_arguments(parser: argparse.ArgumentParser) -> None:
         help="heatmap metric for .png/.svg/.html output: entropy (default), kl_to_final, "
         "top1_prob, target_prob (needs --target)",
     )
-    parser.add_argument(
-        "--out",
-        "-o",
-        required=True,
-        help=f"output file: {', '.join(DATA_FORMATS + CHART_FORMATS)}",
-    )
+    _add_out_argument(parser)
 
 
 def _check_out(path: str) -> Path:
@@ -102,13 +111,48 @@ def _progress(quiet: bool) -> Callable[[float, str], None] | bool | None:
     return None if quiet else True
 
 
-def _run_lens(args: argparse.Namespace) -> int:
+def _check_prompt_args(args: argparse.Namespace) -> Path:
+    """Checks shared by all commands (before the model loads); returns the output path."""
     out = _check_out(args.out)
     if not args.prompt.strip():
         raise CliError("the prompt is empty: give some text")
     if args.raw and args.system is not None:
         raise CliError("--system needs the chat template: drop --raw or --system")
-    charts = _charts_module() if out.suffix.lower() in CHART_FORMATS else None
+    return out
+
+
+def _charts_for(out: Path) -> Any:
+    """lenskit.charts when ``out`` is a chart file, else None."""
+    return _charts_module() if out.suffix.lower() in CHART_FORMATS else None
+
+
+def _load_model(args: argparse.Namespace) -> tuple[Any, Any]:
+    import lenskit
+
+    return lenskit.load_model(
+        args.model,
+        device=args.device,
+        dtype=args.dtype,
+        trust_remote_code=args.trust_remote_code,
+        progress=_progress(args.quiet),
+    )
+
+
+def _write_data(result: Any, out: Path) -> bool:
+    """Write ``result`` as .json or .csv; False when ``out`` is a chart file (not written)."""
+    suffix = out.suffix.lower()
+    if suffix == ".json":
+        out.write_text(result.to_json())
+    elif suffix == ".csv":
+        result.to_frame().to_csv(out, index=False)
+    else:
+        return False
+    return True
+
+
+def _run_lens(args: argparse.Namespace) -> int:
+    out = _check_prompt_args(args)
+    charts = _charts_for(out)
     if charts is not None:
         known = getattr(charts, "METRICS", None)
         if known is not None and args.metric not in known:
@@ -118,13 +162,7 @@ def _run_lens(args: argparse.Namespace) -> int:
 
     import lenskit
 
-    model, tokenizer = lenskit.load_model(
-        args.model,
-        device=args.device,
-        dtype=args.dtype,
-        trust_remote_code=args.trust_remote_code,
-        progress=_progress(args.quiet),
-    )
+    model, tokenizer = _load_model(args)
     result = lenskit.run_lens(
         model,
         tokenizer,
@@ -135,12 +173,7 @@ def _run_lens(args: argparse.Namespace) -> int:
         target=args.target,
         progress=_progress(args.quiet),
     )
-    suffix = out.suffix.lower()
-    if suffix == ".json":
-        out.write_text(result.to_json())
-    elif suffix == ".csv":
-        result.to_frame().to_csv(out, index=False)
-    else:
+    if not _write_data(result, out):
         # Cell labels stay readable only up to the detail view's width; beyond it, colour only.
         labels = result.n_positions <= charts.DETAIL_MAX_POSITIONS
         chart = charts.lens_heatmap(result, metric=args.metric, labels=labels)
@@ -188,10 +221,7 @@ def _position_spec(text: str) -> str | list[int]:
 def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     from lenskit.interventions import INTERVENTIONS, MAX_NEW_TOKENS
 
-    parser.add_argument("prompt", help="the user's text")
-    _add_model_arguments(parser)
-    parser.add_argument("--raw", action="store_true", help="do not apply the chat template")
-    parser.add_argument("--system", default=None, help="system prompt (chat template only)")
+    _add_prompt_arguments(parser)
     parser.add_argument(
         "--max-new-tokens",
         type=_positive_int,
@@ -217,34 +247,18 @@ def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
         help="skip (default), mean or noise",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise intervention")
-    parser.add_argument(
-        "--out",
-        "-o",
-        required=True,
-        help=f"output file: {', '.join(DATA_FORMATS + CHART_FORMATS)}",
-    )
+    _add_out_argument(parser)
 
 
 def _run_sweep(args: argparse.Namespace) -> int:
-    out = _check_out(args.out)
-    if not args.prompt.strip():
-        raise CliError("the prompt is empty: give some text")
-    if args.raw and args.system is not None:
-        raise CliError("--system needs the chat template: drop --raw or --system")
+    out = _check_prompt_args(args)
     if args.layers is not None and not args.layers:
         raise CliError("--layers selects no block")
-    charts = _charts_module() if out.suffix.lower() in CHART_FORMATS else None
+    charts = _charts_for(out)
 
-    import lenskit
     from lenskit.interventions import intervention_sweep
 
-    model, tokenizer = lenskit.load_model(
-        args.model,
-        device=args.device,
-        dtype=args.dtype,
-        trust_remote_code=args.trust_remote_code,
-        progress=_progress(args.quiet),
-    )
+    model, tokenizer = _load_model(args)
     bar = None
     if not args.quiet:
         from tqdm.auto import tqdm
@@ -274,12 +288,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
-    suffix = out.suffix.lower()
-    if suffix == ".json":
-        out.write_text(result.to_json())
-    elif suffix == ".csv":
-        result.to_frame().to_csv(out, index=False)
-    else:
+    if not _write_data(result, out):
         charts.save_chart(charts.sweep_heatmap(result), out)
     if not args.quiet:
         print(

@@ -262,6 +262,34 @@ def _template_runs(result: LensResult, pos: np.ndarray) -> list[tuple[int, int]]
     return runs
 
 
+def _chart_title(text: str, subtitle: str) -> alt.TitleParams:
+    """The heatmaps' title: left-aligned, grey subtitle."""
+    return alt.TitleParams(
+        text=text,
+        subtitle=subtitle,
+        anchor="start",
+        fontSize=14,
+        subtitleFontSize=11,
+        subtitleColor="#555",
+    )
+
+
+def _colour_legend(height: int, **kwargs: Any) -> alt.Legend:
+    """A vertical colour legend on the right, its gradient as long as the plot (120..300 px)."""
+    return alt.Legend(orient="right", gradientLength=max(120, min(height, 300)), **kwargs)
+
+
+def _cell_text(base: alt.Chart, x: Any, y: Any, tooltip: list[Any], **mark: Any) -> alt.Chart:
+    """Each cell's ``label`` field as text, white on dark cells (``dark`` field)."""
+    return base.mark_text(baseline="middle", **mark).encode(
+        x=x,
+        y=y,
+        text="label:N",
+        color=alt.condition("datum.dark", alt.value("white"), alt.value("#111")),
+        tooltip=tooltip,
+    )
+
+
 def _title(result: LensResult, metric: Metric, pos: np.ndarray, detail: bool) -> alt.TitleParams:
     what = "Logit lens" if not detail else "Logit lens, top-1 token per cell"
     span = f"positions {int(pos[0])}\u2013{int(pos[-1])}" if pos.size else "no positions"
@@ -269,14 +297,10 @@ def _title(result: LensResult, metric: Metric, pos: np.ndarray, detail: bool) ->
     name = metric.label
     if metric.needs_target and result.target is not None:
         name = f"{name} of {format_token(str(result.target), 16)}"
-    return alt.TitleParams(
-        text=f"{what}: {name}",
-        subtitle=f"{model} \u00b7 {span} of {result.n_positions} \u00b7 "
+    return _chart_title(
+        f"{what}: {name}",
+        f"{model} \u00b7 {span} of {result.n_positions} \u00b7 "
         f"{result.n_rows} read-outs (emb \u2192 out)",
-        anchor="start",
-        fontSize=14,
-        subtitleFontSize=11,
-        subtitleColor="#555",
     )
 
 
@@ -362,11 +386,7 @@ def lens_heatmap(
         "colour:Q",
         scale=colour_scale,
         title=spec.label,
-        legend=alt.Legend(
-            orient="right",
-            gradientLength=max(120, min(height, 300)),
-            **({"format": ".0e"} if spec.scale_type == "log" else {}),
-        ),
+        legend=_colour_legend(height, **({"format": ".0e"} if spec.scale_type == "log" else {})),
     )
     value_fmt = ".3f" if spec.units == "nats" else ".4f"
     tooltip: list[Any] = [
@@ -399,14 +419,7 @@ def lens_heatmap(
     layers: list[alt.Chart] = [cells]
 
     if labels:
-        text = base.mark_text(fontSize=10, baseline="middle", limit=cell_width - 2).encode(
-            x=x,
-            y=y,
-            text="label:N",
-            color=alt.condition("datum.dark", alt.value("white"), alt.value("#111")),
-            tooltip=tooltip,
-        )
-        layers.append(text)
+        layers.append(_cell_text(base, x, y, tooltip, fontSize=10, limit=cell_width - 2))
 
     # Boxes: template runs in the detail view, the detail range in the overview.
     boxes: list[dict[str, Any]] = []
@@ -720,6 +733,17 @@ def _gen_axis(n_cols: int, cell_width: int) -> alt.Axis:
     )
 
 
+def _gen_x(labels: list[str], title: str, cell_width: int) -> alt.X:
+    """The x encoding of the generated-token columns (``gen_label``, in generation order)."""
+    return alt.X(
+        "gen_label:N",
+        sort=labels,
+        scale=alt.Scale(domain=labels),
+        title=title,
+        axis=_gen_axis(len(labels), cell_width),
+    )
+
+
 def _sweep_frame(result: Any, lo: float, hi: float, log: bool, max_label: int) -> pd.DataFrame:
     n_l, g = result.kl.shape
     li, gj = np.meshgrid(np.arange(n_l), np.arange(g), indexing="ij")
@@ -817,13 +841,7 @@ def sweep_heatmap(
     frame = _sweep_frame(result, lo, kl_max, log, max_label)
     labels = gen_labels(result.generated_display_tokens)
     layer_order = [int(x) for x in result.layers[::-1]]  # block 0 at the bottom
-    x = alt.X(
-        "gen_label:N",
-        sort=labels,
-        scale=alt.Scale(domain=labels),
-        title="generated token (Gen j = the j-th answer token)",
-        axis=_gen_axis(g, cell_width),
-    )
+    x = _gen_x(labels, "generated token (Gen j = the j-th answer token)", cell_width)
     y_axis: dict[str, Any] = {"labelFontSize": 10, "ticks": False}
     if cell_height < 12 and n_l > 16:  # thin rows: label every 5th block (and the ends)
         y_axis["values"] = sorted(
@@ -843,9 +861,8 @@ def sweep_heatmap(
             type="log" if log else "linear", domain=[lo, kl_max], scheme=SWEEP_SCHEME, clamp=True
         ),
         title=f"KL(clean \u2016 intervened) (nats{', log scale' if log else ''})",
-        legend=alt.Legend(
-            orient="right",
-            gradientLength=max(120, min(height, 300)),
+        legend=_colour_legend(
+            height,
             **(
                 {"values": [v for v in (1e-3, 1e-2, 0.1, 1.0, 10.0) if lo <= v <= kl_max]}
                 if log
@@ -869,14 +886,13 @@ def sweep_heatmap(
     layers: list[Any] = [cells]
     if n_l and g and cell_height >= 10:
         layers.append(
-            base.mark_text(
-                fontSize=10 if max_label else 12, baseline="middle", limit=max(cell_width - 2, 1)
-            ).encode(
-                x=x,
-                y=y,
-                text="label:N",
-                color=alt.condition("datum.dark", alt.value("white"), alt.value("#111")),
-                tooltip=tooltip,
+            _cell_text(
+                base,
+                x,
+                y,
+                tooltip,
+                fontSize=10 if max_label else 12,
+                limit=max(cell_width - 2, 1),
             )
         )
     n_blocks = result.num_blocks or "?"
@@ -887,15 +903,11 @@ def sweep_heatmap(
     chart = alt.layer(*layers).properties(
         width=max(cell_width * g, 120),
         height=height,
-        title=alt.TitleParams(
-            text=f"Intervention sweep: KL(clean \u2016 intervened), {result.intervention}",
-            subtitle=f"{result.model_name or 'model'} \u00b7 {n_l} of {n_blocks} blocks \u00b7 "
+        title=_chart_title(
+            f"Intervention sweep: KL(clean \u2016 intervened), {result.intervention}",
+            f"{result.model_name or 'model'} \u00b7 {n_l} of {n_blocks} blocks \u00b7 "
             f"{result.intervention} at {_positions_phrase(result)}{clamp_note} \u00b7 "
             "text: the new top-1 where it changed",
-            anchor="start",
-            fontSize=14,
-            subtitleFontSize=11,
-            subtitleColor="#555",
         ),
         autosize=alt.AutoSizeParams(type="pad"),
     )
@@ -942,13 +954,7 @@ def generation_lens_heatmap(
         cell_height = max(8, min(18, 620 // max(r, 1)))
     lo, hi = spec.domain(result.vocab_size)
     layer_order = [str(x) for x in result.layer_names[::-1]]
-    x = alt.X(
-        "gen_label:N",
-        sort=labels,
-        scale=alt.Scale(domain=labels),
-        title="generated token (column Gen j: the position that predicts it)",
-        axis=_gen_axis(g, cell_width),
-    )
+    x = _gen_x(labels, "generated token (column Gen j: the position that predicts it)", cell_width)
     y_axis: dict[str, Any] = {"labelFontSize": 10, "ticks": False}
     if cell_height < 12 and r > 16:
         y_axis["values"] = ["emb", "out", *(str(i) for i in range(5, r - 1, 5))]
@@ -964,7 +970,7 @@ def generation_lens_heatmap(
             clamp=True,
         ),
         title=spec.label,
-        legend=alt.Legend(orient="right", gradientLength=max(120, min(height, 300))),
+        legend=_colour_legend(height),
     )
     tooltip: list[Any] = [
         alt.Tooltip("gen_label:N", title="predicts"),
@@ -981,26 +987,14 @@ def generation_lens_heatmap(
         )
     ]
     if cell_width >= 30 and cell_height >= 12:
-        layers.append(
-            base.mark_text(fontSize=10, baseline="middle", limit=cell_width - 2).encode(
-                x=x,
-                y=y,
-                text="label:N",
-                color=alt.condition("datum.dark", alt.value("white"), alt.value("#111")),
-                tooltip=tooltip,
-            )
-        )
+        layers.append(_cell_text(base, x, y, tooltip, fontSize=10, limit=cell_width - 2))
     chart = alt.layer(*layers).properties(
         width=max(cell_width * g, 120),
         height=height,
-        title=alt.TitleParams(
-            text=f"Logit lens on the generated tokens: {spec.label}",
-            subtitle=f"{result.model_name or 'model'} \u00b7 {g} generated tokens \u00b7 "
+        title=_chart_title(
+            f"Logit lens on the generated tokens: {spec.label}",
+            f"{result.model_name or 'model'} \u00b7 {g} generated tokens \u00b7 "
             f"{r} read-outs (emb \u2192 out) \u00b7 text: top-1 token",
-            anchor="start",
-            fontSize=14,
-            subtitleFontSize=11,
-            subtitleColor="#555",
         ),
         autosize=alt.AutoSizeParams(type="pad"),
     )
@@ -1074,7 +1068,7 @@ def layer_pairwise_heatmap(
         "kl:Q",
         scale=alt.Scale(domain=[0.0, kl_max], scheme="redblue", reverse=True, clamp=True),
         title="KL(p_i \u2016 p_j) (nats)",
-        legend=alt.Legend(orient="right", gradientLength=max(120, min(cell * r, 300))),
+        legend=_colour_legend(cell * r),
     )
     tooltip = [
         alt.Tooltip("p:N", title="layer i (p)"),
@@ -1088,14 +1082,7 @@ def layer_pairwise_heatmap(
         .properties(
             width=cell * r,
             height=cell * r,
-            title=alt.TitleParams(
-                text=title or "Layer \u00d7 layer KL(p_i \u2016 p_j)",
-                subtitle=subtitle or "",
-                anchor="start",
-                fontSize=14,
-                subtitleFontSize=11,
-                subtitleColor="#555",
-            ),
+            title=_chart_title(title or "Layer \u00d7 layer KL(p_i \u2016 p_j)", subtitle or ""),
             autosize=alt.AutoSizeParams(type="pad"),
         )
     )

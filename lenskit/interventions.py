@@ -17,12 +17,11 @@ Definitions (the same as DESIGN.md and the README):
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -30,6 +29,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from lenskit._results import ResultRecord
 from lenskit.lens import LensResult
 from lenskit.ops import kl_div, pairwise_kl
 from lenskit.tokens import format_token
@@ -98,23 +98,8 @@ class GenerationLengthError(InterventionError):
 # --------------------------------------------------------------------------------------
 
 
-def _as_array(value: Any, dtype: Any, name: str, ndim: int) -> np.ndarray:
-    arr = np.asarray(value, dtype=dtype)
-    if arr.ndim != ndim:
-        raise ValueError(f"SweepResult.{name} must have {ndim} dimensions, got shape {arr.shape}")
-    return arr
-
-
-def _str_array(value: Any, name: str, ndim: int) -> np.ndarray:
-    arr = np.empty(np.shape(value), dtype=object)
-    arr[...] = value if isinstance(value, np.ndarray) else np.asarray(value, dtype=object)
-    if arr.ndim != ndim:
-        raise ValueError(f"SweepResult.{name} must have {ndim} dimensions, got shape {arr.shape}")
-    return arr
-
-
 @dataclass
-class SweepResult:
+class SweepResult(ResultRecord):
     """KL heatmap of an intervention sweep: swept blocks x generated tokens (numpy only).
 
     Shapes: nL swept blocks, G generated tokens, P intervened positions, T prompt tokens.
@@ -165,28 +150,18 @@ class SweepResult:
     units: dict[str, str] = field(default_factory=lambda: dict(UNITS))
 
     def __post_init__(self) -> None:
-        self.layers = _as_array(self.layers, np.int64, "layers", 1)
-        self.generated_ids = _as_array(self.generated_ids, np.int64, "generated_ids", 1)
-        self.generated_tokens = _str_array(self.generated_tokens, "generated_tokens", 1)
-        self.generated_display_tokens = _str_array(
-            self.generated_display_tokens, "generated_display_tokens", 1
-        )
-        self.kl = _as_array(self.kl, np.float32, "kl", 2)
-        self.top_ids_intervened = _as_array(
-            self.top_ids_intervened, np.int64, "top_ids_intervened", 2
-        )
-        self.top_tokens_intervened = _str_array(
-            self.top_tokens_intervened, "top_tokens_intervened", 2
-        )
-        self.generated_prob_clean = _as_array(
-            self.generated_prob_clean, np.float32, "generated_prob_clean", 1
-        )
-        self.generated_prob_intervened = _as_array(
-            self.generated_prob_intervened, np.float32, "generated_prob_intervened", 2
-        )
-        self.positions = _as_array(self.positions, np.int64, "positions", 1)
-        self.prompt_token_ids = _as_array(self.prompt_token_ids, np.int64, "prompt_token_ids", 1)
-        self.prompt_tokens = _str_array(self.prompt_tokens, "prompt_tokens", 1)
+        self.layers = self._array("layers", np.int64, 1)
+        self.generated_ids = self._array("generated_ids", np.int64, 1)
+        self.generated_tokens = self._str_array("generated_tokens", 1)
+        self.generated_display_tokens = self._str_array("generated_display_tokens", 1)
+        self.kl = self._array("kl", np.float32, 2)
+        self.top_ids_intervened = self._array("top_ids_intervened", np.int64, 2)
+        self.top_tokens_intervened = self._str_array("top_tokens_intervened", 2)
+        self.generated_prob_clean = self._array("generated_prob_clean", np.float32, 1)
+        self.generated_prob_intervened = self._array("generated_prob_intervened", np.float32, 2)
+        self.positions = self._array("positions", np.int64, 1)
+        self.prompt_token_ids = self._array("prompt_token_ids", np.int64, 1)
+        self.prompt_tokens = self._str_array("prompt_tokens", 1)
         self.seed = int(self.seed)
         self.num_blocks = int(self.num_blocks)
         self.max_new_tokens = int(self.max_new_tokens)
@@ -205,12 +180,7 @@ class SweepResult:
             "generated_prob_intervened": (n_l, g),
             "prompt_tokens": (t,),
         }
-        for name, shape in expected.items():
-            got = getattr(self, name).shape
-            if got != shape:
-                raise ValueError(
-                    f"SweepResult.{name} has shape {got}, expected {shape} (nL={n_l}, G={g}, T={t})"
-                )
+        self._check_shapes(expected, f"nL={n_l}, G={g}, T={t}")
         if self.intervention not in INTERVENTIONS:
             raise ValueError(
                 f"SweepResult.intervention must be one of {INTERVENTIONS}, got {self.intervention!r}"
@@ -276,30 +246,6 @@ class SweepResult:
             "intervention": self.intervention,
         }
         return pd.DataFrame(data)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-Python dict (lists, not arrays) for JSON."""
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            out[f.name] = value.tolist() if isinstance(value, np.ndarray) else value
-        return out
-
-    def to_json(self, **kwargs: Any) -> str:
-        """JSON text; NaN/inf are written as JSON's NaN/Infinity extensions."""
-        return json.dumps(self.to_dict(), **kwargs)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SweepResult:
-        names = {f.name for f in fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise ValueError(f"SweepResult.from_dict: unknown fields {sorted(unknown)}")
-        return cls(**data)
-
-    @classmethod
-    def from_json(cls, text: str) -> SweepResult:
-        return cls.from_dict(json.loads(text))
 
 
 # --------------------------------------------------------------------------------------

@@ -6,17 +6,17 @@ row i in 1..L-1 = output of block i read out; row L "out" = the model's own logi
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
+from lenskit._results import ResultRecord
 from lenskit.models import (
     Readout,
     ReadoutError,
@@ -41,25 +41,8 @@ UNITS = {
 }
 
 
-def _as_array(value: Any, dtype: Any, name: str, ndim: int) -> np.ndarray:
-    arr = np.asarray(value, dtype=dtype)
-    if arr.ndim != ndim:
-        raise ValueError(f"LensResult.{name} must have {ndim} dimensions, got shape {arr.shape}")
-    return arr
-
-
-def _str_array(value: Any, name: str, ndim: int) -> np.ndarray:
-    arr = np.empty(np.shape(value), dtype=object)
-    arr[...] = (
-        value if ndim == 1 or isinstance(value, np.ndarray) else np.asarray(value, dtype=object)
-    )
-    if arr.ndim != ndim:
-        raise ValueError(f"LensResult.{name} must have {ndim} dimensions, got shape {arr.shape}")
-    return arr
-
-
 @dataclass
-class LensResult:
+class LensResult(ResultRecord):
     """Per-cell statistics of one logit-lens run (numpy only, no tensors).
 
     Shapes: T positions, R = L + 1 read-out rows, k top tokens.
@@ -107,19 +90,17 @@ class LensResult:
     units: dict[str, str] = field(default_factory=lambda: dict(UNITS))
 
     def __post_init__(self) -> None:
-        self.token_ids = _as_array(self.token_ids, np.int64, "token_ids", 1)
-        self.tokens = _str_array(self.tokens, "tokens", 1)
-        self.display_tokens = _str_array(self.display_tokens, "display_tokens", 1)
-        self.layer_names = _str_array(self.layer_names, "layer_names", 1)
-        self.entropy = _as_array(self.entropy, np.float32, "entropy", 2)
-        self.kl_to_final = _as_array(self.kl_to_final, np.float32, "kl_to_final", 2)
-        self.top_ids = _as_array(self.top_ids, np.int64, "top_ids", 3)
-        self.top_tokens = _str_array(self.top_tokens, "top_tokens", 3)
-        self.top_probs = _as_array(self.top_probs, np.float32, "top_probs", 3)
-        self.is_special = _as_array(self.is_special, bool, "is_special", 1)
-        self.template_positions = _as_array(
-            self.template_positions, np.int64, "template_positions", 1
-        )
+        self.token_ids = self._array("token_ids", np.int64, 1)
+        self.tokens = self._str_array("tokens", 1)
+        self.display_tokens = self._str_array("display_tokens", 1)
+        self.layer_names = self._str_array("layer_names", 1)
+        self.entropy = self._array("entropy", np.float32, 2)
+        self.kl_to_final = self._array("kl_to_final", np.float32, 2)
+        self.top_ids = self._array("top_ids", np.int64, 3)
+        self.top_tokens = self._str_array("top_tokens", 3)
+        self.top_probs = self._array("top_probs", np.float32, 3)
+        self.is_special = self._array("is_special", bool, 1)
+        self.template_positions = self._array("template_positions", np.int64, 1)
         self.vocab_size = int(self.vocab_size)
         r, t = self.entropy.shape
         k = self.top_ids.shape[2]
@@ -134,12 +115,7 @@ class LensResult:
             "is_special": (t,),
             "token_ids": (t,),
         }
-        for name, shape in expected.items():
-            got = getattr(self, name).shape
-            if got != shape:
-                raise ValueError(
-                    f"LensResult.{name} has shape {got}, expected {shape} (R={r}, T={t}, k={k})"
-                )
+        self._check_shapes(expected, f"R={r}, T={t}, k={k}")
         if self.template_positions.size and (
             self.template_positions.min() < 0 or self.template_positions.max() >= t
         ):
@@ -151,8 +127,8 @@ class LensResult:
         if self.target_prob is not None or self.target_rank is not None:
             if self.target_prob is None or self.target_rank is None:
                 raise ValueError("LensResult.target_prob and target_rank come together")
-            self.target_prob = _as_array(self.target_prob, np.float32, "target_prob", 2)
-            self.target_rank = _as_array(self.target_rank, np.int64, "target_rank", 2)
+            self.target_prob = self._array("target_prob", np.float32, 2)
+            self.target_rank = self._array("target_rank", np.int64, 2)
             for name in ("target_prob", "target_rank"):
                 if getattr(self, name).shape != (r, t):
                     raise ValueError(f"LensResult.{name} must have shape {(r, t)}")
@@ -196,30 +172,6 @@ class LensResult:
             data["target_prob"] = self.target_prob.ravel()
             data["target_rank"] = self.target_rank.ravel()
         return pd.DataFrame(data)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-Python dict (lists, not arrays) for JSON."""
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            out[f.name] = value.tolist() if isinstance(value, np.ndarray) else value
-        return out
-
-    def to_json(self, **kwargs: Any) -> str:
-        """JSON text; NaN/inf are written as JSON's NaN/Infinity extensions."""
-        return json.dumps(self.to_dict(), **kwargs)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LensResult:
-        names = {f.name for f in fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise ValueError(f"LensResult.from_dict: unknown fields {sorted(unknown)}")
-        return cls(**data)
-
-    @classmethod
-    def from_json(cls, text: str) -> LensResult:
-        return cls.from_dict(json.loads(text))
 
 
 class TargetError(ValueError):

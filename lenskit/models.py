@@ -12,6 +12,7 @@ what was tried and what to do.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -337,25 +338,21 @@ def _load_gguf(
     if use_cache and not target.is_dir():
         _gguf_to_cache(path, target, progress)
     if use_cache:
+        load_cached = functools.partial(
+            _load_hf,
+            str(target),
+            what=f"the cached conversion of {path} ({target})",
+            dtype=dtype,
+            trust_remote_code=False,
+            device_map=device_map,
+        )
         try:
-            return _load_hf(
-                str(target),
-                what=f"the cached conversion of {path} ({target})",
-                dtype=dtype,
-                trust_remote_code=False,
-                device_map=device_map,
-            )
+            return load_cached()
         except ModelLoadError:
             # A damaged cache must not block loading: rebuild it once.
             shutil.rmtree(target, ignore_errors=True)
             _gguf_to_cache(path, target, progress)
-            return _load_hf(
-                str(target),
-                what=f"the cached conversion of {path} ({target})",
-                dtype=dtype,
-                trust_remote_code=False,
-                device_map=device_map,
-            )
+            return load_cached()
     return _load_hf(
         str(path.parent),
         what=f"the GGUF file {path}",
