@@ -658,12 +658,19 @@ class Readout:
             out = self.project_out(out)
         return out
 
-    def transform(self, logits: torch.Tensor) -> torch.Tensor:
-        """Apply the model's own scaling and soft-capping to raw unembedding outputs."""
+    def transform(self, logits: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
+        """Apply the model's own scaling and soft-capping to raw unembedding outputs.
+
+        ``inplace=True`` overwrites ``logits`` (same operations, same values): the streamed
+        read-out reuses one logits buffer across chunks.
+        """
         if self.scale != 1.0:
-            logits = logits * self.scale
+            logits = logits.mul_(self.scale) if inplace else logits * self.scale
         if self.softcap is not None:
-            logits = torch.tanh(logits / self.softcap) * self.softcap
+            if inplace:
+                logits = logits.div_(self.softcap).tanh_().mul_(self.softcap)
+            else:
+                logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits
 
     def final_logits(self, final_hidden: torch.Tensor) -> torch.Tensor:
