@@ -2,7 +2,7 @@
 //
 // Importing lenskit._C runs the static registrations below (and, in CUDA builds, the
 // TORCH_LIBRARY_IMPL(lenskit, CUDA, m) block of csrc/cuda/), after which the ops are
-// torch.ops.lenskit.entropy / kl_div / pairwise_kl. Fake (meta) kernels are registered from
+// torch.ops.lenskit.entropy / entropy_lse / kl_div / pairwise_kl. Fake (meta) kernels are registered from
 // Python in lenskit/ops.py. Pattern: pytorch/extension-cpp.
 #include <Python.h>
 #include <torch/library.h>
@@ -36,6 +36,10 @@ bool has_cuda() {
 TORCH_LIBRARY(lenskit, m) {
   // Entropy of softmax(logits) over the last dim, in nats: float32 of shape logits.shape[:-1].
   m.def("entropy(Tensor logits) -> Tensor");
+  // (entropy, logsumexp) of softmax(logits) over the last dim from one pass: two float32 tensors
+  // of shape logits.shape[:-1]; the entropy equals entropy(logits) bit for bit, and both are NaN
+  // for a row that is all -inf, empty, or has a NaN / +inf.
+  m.def("entropy_lse(Tensor logits) -> (Tensor, Tensor)");
   // KL(softmax(p) || softmax(q)) per row over the last dim (same shapes): float32 [...].
   m.def("kl_div(Tensor p_logits, Tensor q_logits) -> Tensor");
   // KL(P_i || Q_j) for p [N, V] and q [M, V]: float32 [N, M].
@@ -48,6 +52,7 @@ TORCH_LIBRARY(lenskit, m) {
 
 TORCH_LIBRARY_IMPL(lenskit, CPU, m) {
   m.impl("entropy", &entropy_cpu);
+  m.impl("entropy_lse", &entropy_lse_cpu);
   m.impl("kl_div", &kl_div_cpu);
   m.impl("pairwise_kl", &pairwise_kl_cpu);
 }

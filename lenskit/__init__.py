@@ -31,7 +31,7 @@ from lenskit.models import (
     find_readout,
     load_model,
 )
-from lenskit.ops import backend, entropy, extension_error, kl_div, pairwise_kl
+from lenskit.ops import backend, entropy, entropy_lse, extension_error, kl_div, pairwise_kl
 from lenskit.prompts import EncodedPrompt, PromptError, encode_prompt
 
 __all__ = [
@@ -59,6 +59,7 @@ __all__ = [
     "decoder_layers",
     "encode_prompt",
     "entropy",
+    "entropy_lse",
     "extension_error",
     "find_readout",
     "kl_div",

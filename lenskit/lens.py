@@ -6,7 +6,6 @@ row i in 1..L-1 = output of block i read out; row L "out" = the model's own logi
 
 from __future__ import annotations
 
-import math
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from lenskit.models import (
     find_readout,
     model_name,
 )
-from lenskit.ops import entropy, kl_div
+from lenskit.ops import entropy_lse, kl_div
 from lenskit.prompts import encode_prompt
 from lenskit.tokens import format_token
 
@@ -269,47 +268,28 @@ def _topk(z: torch.Tensor, k: int, block: int = 64) -> tuple[torch.Tensor, torch
 
 
 def _chunk_stats(
-    x: torch.Tensor,
     z: torch.Tensor,
-    readout: Readout,
     k: int,
     target_id: int | None,
-    mean_weight: torch.Tensor | None,
 ) -> dict[str, torch.Tensor]:
-    """Statistics of one chunk: read-out inputs ``x [P, R, d]`` and their logits ``z [P, R, V]``
-    (row R-1 is "out" at each of the P positions).
+    """Statistics of one chunk of read-out logits ``z [P, R, V]`` (row R-1 is "out" at each
+    of the P positions).
 
-    Passes over the ``P x R x V`` logits: fused entropy, fused KL to the out row, fused KL
-    from the uniform distribution, and one block-max for top-k. The log-normaliser that the
-    top-k probabilities need comes from the third without a logsumexp pass:
-    KL(uniform || p_row) = lse_row - log V - mean(z_row), and for a linear read-out
-    mean(z_row) = scale * (x_row . mean_v(W_v) + mean(b)) is a [d] dot product.
-
-    Args:
-        mean_weight: ``[d]`` mean of the unembedding rows for linear read-outs, else None.
+    Passes over the ``P x R x V`` logits: fused entropy + log-normaliser (one pass gives
+    both), fused KL to the out row, and one block-max for top-k. The log-normaliser is what
+    the top-k and target probabilities need.
     """
     p, r, v = z.shape
     flat = z.view(p * r, v)
-    ent = entropy(flat).view(p, r)
+    ent, lse = entropy_lse(flat)
+    ent = ent.view(p, r)
+    lse = lse.view(p, r)  # [P, R] log-normaliser of every row
     top_vals, top_ids = _topk(flat, k)
     z_out = z[:, r - 1, :]  # [P, V], rows are contiguous
     # Per position: its out row broadcast (stride 0, no copy) against the position's R rows.
     kl = torch.stack([kl_div(z_out[i].expand(r, v), z[i]) for i in range(p)])
-    # A [V] row broadcast with strides (0, 1): the kernels read it in place (a 0-d tensor
-    # expanded would have a zero column stride and be copied to a full [P*R, V] array).
-    uniform = torch.zeros(v, dtype=z.dtype, device=z.device).expand(p * r, v)
-    kl_uniform = kl_div(uniform, flat).view(p, r)
-    if mean_weight is not None:
-        mean_z = x.to(mean_weight.dtype) @ mean_weight
-        bias = readout.unembed.bias
-        if bias is not None:
-            mean_z = mean_z + bias.mean()
-        mean_z = mean_z.float() * readout.scale
-    else:  # non-linear (soft-capped) logits: average them directly
-        mean_z = flat.mean(dim=-1, dtype=torch.float32).view(p, r)
-    lse = kl_uniform + math.log(v) + mean_z  # [P, R] log-normaliser of every row
     bad = ~torch.isfinite(lse)
-    if bool(bad.any()):  # masked (-inf) logits make KL(uniform || .) infinite: do it directly
+    if bool(bad.any()):  # all -inf, NaN or +inf rows: the fused lse is NaN there
         lse[bad] = torch.logsumexp(flat.view(p, r, v)[bad].float(), dim=-1)
     # Rounding can put lse a hair below the top logit: keep probabilities <= 1.
     lse = torch.maximum(lse, top_vals[:, 0].float().view(p, r))
@@ -474,8 +454,6 @@ def _read_out(
     weight = readout.unembed.weight
     bias = getattr(readout.unembed, "bias", None)
     plain_linear = isinstance(readout.unembed, torch.nn.Linear)
-    # mean over the vocabulary of a linear read-out, for the log-normaliser (see _chunk_stats)
-    mean_weight = weight.mean(dim=0) if plain_linear and readout.softcap is None else None
     out: dict[str, list[torch.Tensor]] = {}
     last_out = None
     buffer: torch.Tensor | None = None
@@ -498,7 +476,7 @@ def _read_out(
             z = readout.transform(z, inplace=True)
         else:
             z = readout.transform(readout.unembed(x))
-        stats = _chunk_stats(x, z, readout, top_k, target_id, mean_weight)
+        stats = _chunk_stats(z, top_k, target_id)
         last_out = z[-1, -1].float().clone()
         for name, value in stats.items():
             out.setdefault(name, []).append(value.cpu())

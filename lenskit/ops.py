@@ -1,7 +1,7 @@
-"""The fused ops: ``entropy``, ``kl_div``, ``pairwise_kl`` and ``backend``.
+"""The fused ops: ``entropy``, ``entropy_lse``, ``kl_div``, ``pairwise_kl`` and ``backend``.
 
 When the compiled extension ``lenskit._C`` is importable it registers
-``torch.ops.lenskit.{entropy,kl_div,pairwise_kl}`` (C++ on CPU, CUDA on GPUs) and the
+``torch.ops.lenskit.{entropy,entropy_lse,kl_div,pairwise_kl}`` (C++ on CPU, CUDA on GPUs) and the
 functions here call those ops. Otherwise, or with ``LENSKIT_BACKEND=torch``, they call the
 pure-PyTorch versions in :mod:`lenskit.reference`, which follow the same contract.
 """
@@ -14,7 +14,7 @@ import torch
 
 from lenskit import reference
 
-__all__ = ["entropy", "kl_div", "pairwise_kl", "backend", "extension_error"]
+__all__ = ["entropy", "entropy_lse", "kl_div", "pairwise_kl", "backend", "extension_error"]
 
 try:
     from lenskit import _C  # noqa: F401  (importing registers torch.ops.lenskit.*)
@@ -55,6 +55,14 @@ if _C is not None:
     def _entropy_fake(logits: torch.Tensor) -> torch.Tensor:
         return logits.new_empty(logits.shape[:-1], dtype=torch.float32)
 
+    @torch.library.register_fake("lenskit::entropy_lse")
+    def _entropy_lse_fake(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = logits.shape[:-1]
+        return (
+            logits.new_empty(shape, dtype=torch.float32),
+            logits.new_empty(shape, dtype=torch.float32),
+        )
+
     @torch.library.register_fake("lenskit::kl_div")
     def _kl_div_fake(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
         torch._check(p_logits.shape == q_logits.shape)
@@ -80,6 +88,27 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
     if backend(logits.device) == "torch":
         return reference.entropy(logits)
     return torch.ops.lenskit.entropy(logits)
+
+
+def entropy_lse(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Entropy of softmax(logits) and logsumexp(logits) over the last dim, in one pass.
+
+    The entropy is the same tensor :func:`entropy` returns (bit for bit on the same backend);
+    the log-normaliser comes from the same running max and sum. ``-inf`` entries contribute 0;
+    a row that is all ``-inf``, empty, or holds a NaN or ``+inf`` gives NaN in both outputs.
+
+    Args:
+        logits: ``[..., V]`` float32/float16/bfloat16, any strides.
+
+    Returns:
+        ``(entropy, lse)``: float32 tensors of shape ``logits.shape[:-1]``; entropy in nats,
+        lse = log sum_v exp(logits[..., v]) in logit units.
+    """
+    reference.check_logits("logits", logits)
+    if backend(logits.device) == "torch":
+        return reference.entropy_lse(logits)
+    ent, lse = torch.ops.lenskit.entropy_lse(logits)
+    return ent, lse
 
 
 def kl_div(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ import math
 
 import torch
 
-__all__ = ["entropy", "kl_div", "pairwise_kl", "DEFAULT_CHUNK_ELEMENTS"]
+__all__ = ["entropy", "entropy_lse", "kl_div", "pairwise_kl", "DEFAULT_CHUNK_ELEMENTS"]
 
 #: Elements per temporary (float32) in the chunked loops: 2^24 elements = 64 MiB.
 DEFAULT_CHUNK_ELEMENTS = 1 << 24
@@ -68,10 +68,11 @@ def _row_chunk(n_cols: int, chunk_elements: int) -> int:
     return max(1, chunk_elements // max(1, n_cols))
 
 
-def _entropy_rows(x: torch.Tensor) -> torch.Tensor:
-    """Entropy in nats of softmax over dim -1 of an fp32 [n, V] block."""
+def _entropy_lse_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(entropy in nats, logsumexp) of softmax over dim -1 of an fp32 [n, V] block."""
     if x.shape[-1] == 0:
-        return torch.full(x.shape[:-1], float("nan"), dtype=torch.float32, device=x.device)
+        nan = torch.full(x.shape[:-1], float("nan"), dtype=torch.float32, device=x.device)
+        return nan, nan.clone()
     m = x.amax(dim=-1, keepdim=True)  # NaN propagates; +inf or all -inf make z NaN below
     z = x - m
     e = z.exp()
@@ -79,8 +80,15 @@ def _entropy_rows(x: torch.Tensor) -> torch.Tensor:
     # Masked entries have e == 0 and z == -inf; clamping z keeps their term 0 instead of NaN.
     t = (e * z.clamp_min(_NEG_BIG)).sum(dim=-1)
     h = s.log() - t / s
+    lse = m.squeeze(-1) + s.log()
     # An all -inf row has m == -inf: z is NaN there only if V > 0, so force it.
-    return torch.where(torch.isfinite(m.squeeze(-1)), h, torch.nan)
+    ok = torch.isfinite(m.squeeze(-1))
+    return torch.where(ok, h, torch.nan), torch.where(ok, lse, torch.nan)
+
+
+def _entropy_rows(x: torch.Tensor) -> torch.Tensor:
+    """Entropy in nats of softmax over dim -1 of an fp32 [n, V] block."""
+    return _entropy_lse_rows(x)[0]
 
 
 def _kl_rows(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -122,6 +130,35 @@ def entropy(logits: torch.Tensor, *, chunk_elements: int = DEFAULT_CHUNK_ELEMENT
     for i in range(0, x.shape[0], step):
         out[i : i + step] = _entropy_rows(x[i : i + step].float())
     return out.reshape(lead)
+
+
+def entropy_lse(
+    logits: torch.Tensor, *, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Entropy of softmax(logits) and logsumexp(logits) over the last dim, from one pass.
+
+    ``-inf`` entries contribute 0 to both sums (lse = max + log sum exp(x - max)); a row that
+    is all ``-inf``, empty, or holds a NaN or ``+inf`` gives NaN in both outputs.
+
+    Args:
+        logits: ``[..., V]`` float32/float16/bfloat16, any strides.
+        chunk_elements: bound on the elements of each fp32 temporary.
+
+    Returns:
+        ``(entropy, lse)``: two float32 tensors of shape ``logits.shape[:-1]``, the entropy in
+        nats and the log-normaliser in logit units (the same values as :func:`entropy` and
+        ``torch.logsumexp(logits.float(), -1)`` on the rows where those are finite).
+    """
+    check_logits("logits", logits)
+    lead = logits.shape[:-1]
+    v = logits.shape[-1]
+    x = logits.reshape(math.prod(lead), v)  # not (-1, v): ambiguous when V == 0
+    ent = torch.empty(x.shape[0], dtype=torch.float32, device=logits.device)
+    lse = torch.empty(x.shape[0], dtype=torch.float32, device=logits.device)
+    step = _row_chunk(v, chunk_elements)
+    for i in range(0, x.shape[0], step):
+        ent[i : i + step], lse[i : i + step] = _entropy_lse_rows(x[i : i + step].float())
+    return ent.reshape(lead), lse.reshape(lead)
 
 
 def kl_div(

@@ -61,6 +61,31 @@ def ref_entropy(x: torch.Tensor) -> torch.Tensor:
     return torch.where(ok.squeeze(-1), s.log() - t / s, math.nan)
 
 
+def ref_lse(x: torch.Tensor) -> torch.Tensor:
+    """logsumexp in float64 following the entropy_lse contract (NaN where entropy is NaN)."""
+    x = x.double()
+    if x.shape[-1] == 0:
+        return torch.full(x.shape[:-1], math.nan, dtype=torch.float64)
+    m = x.amax(-1, keepdim=True)
+    ok = torch.isfinite(m)
+    z = x - torch.where(ok, m, 0.0)
+    lse = m.squeeze(-1) + z.exp().sum(-1).log()
+    return torch.where(ok.squeeze(-1), lse, math.nan)
+
+
+LSE_RTOL = 1e-5
+LSE_ATOL = 1e-5  # logit units, where lse is ~0
+
+
+def assert_entropy_lse(x: torch.Tensor, backend: str | None = None) -> None:
+    """entropy_lse(x) against the float64 oracle; on cpp* also bit-identical to entropy(x)."""
+    ent, lse = lenskit.entropy_lse(x)
+    assert_close(ent, ref_entropy(x))
+    assert_close(lse, ref_lse(x), rtol=LSE_RTOL, atol=LSE_ATOL)
+    if backend is not None and backend.startswith("cpp"):
+        assert torch.equal(ent.nan_to_num(123.0), lenskit.entropy(x).nan_to_num(123.0))
+
+
 def _log_softmax64(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     m = x.amax(-1, keepdim=True)
     ok = torch.isfinite(m)
@@ -393,6 +418,107 @@ def test_split_rows_across_threads(backend):
         torch.set_num_threads(prev)
 
 
+# ----------------------------------------------------------------------------- entropy_lse
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=_id)
+def test_entropy_lse_random(backend, shape, dtype):
+    x = make_logits(shape, dtype, seed=shape[0] * 13 + shape[1], mask_prob=0.1)
+    assert_entropy_lse(x, backend)
+    assert_entropy_lse(make_logits(shape, dtype, seed=shape[1]), backend)  # no mask
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_entropy_lse_large_magnitudes(backend, dtype):
+    assert_entropy_lse(make_logits((5, 5000), dtype, seed=3, scale=1e4), backend)
+    z = (1e4 + make_logits((4, 3000), torch.float32, seed=5, scale=1.0)).to(dtype)
+    assert_entropy_lse(z, backend)
+    assert_entropy_lse(-z, backend)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_entropy_lse_layouts(backend, dtype):
+    views = [
+        make_logits((1300, 6), dtype, seed=6).t(),
+        make_logits((4, 2600), dtype, seed=7)[:, ::2],
+        make_logits((8, 1300), dtype, seed=8)[::3],
+        make_logits((1, 1300), dtype, seed=9).expand(5, 1300),
+        make_logits((6, 1400), dtype, seed=10)[1:, 50:1350],
+    ]
+    for x in views:
+        assert not x.is_contiguous()
+        assert_entropy_lse(x, backend)
+    x = make_logits((2, 3, 4, 513), dtype, seed=12, mask_prob=0.2)
+    ent, lse = lenskit.entropy_lse(x)
+    assert ent.shape == lse.shape == (2, 3, 4)
+    assert_entropy_lse(x, backend)
+    ent1, lse1 = lenskit.entropy_lse(x[0, 0, 0])  # 1-D -> 0-d
+    assert ent1.shape == lse1.shape == ()
+    # Up- and down-running maxima (the rescale path), and a thread-split single long row.
+    up = torch.linspace(-30, 30, 20000)[None].repeat(2, 1)
+    up[1] = up[1].flip(-1)
+    assert_entropy_lse(up.to(dtype), backend)
+
+
+def test_entropy_lse_split_rows_across_threads(backend):
+    prev = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        g = torch.Generator().manual_seed(2)
+        p = torch.randn(3, 70000, generator=g) * 3
+        p[0, :35000] = -INF
+        p[1, 69995] = 40.0
+        assert_entropy_lse(p, backend)
+        assert_entropy_lse(torch.randn(1, 262144, generator=g), backend)
+        p[2, 69997] = NAN
+        ent, lse = lenskit.entropy_lse(p)
+        assert bool(torch.isnan(ent[2])) and bool(torch.isnan(lse[2]))
+    finally:
+        torch.set_num_threads(prev)
+
+
+@pytest.mark.parametrize("v", V_EDGE)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_entropy_lse_edges(backend, v, dtype):
+    g = torch.Generator().manual_seed(v)
+    base = torch.randn(v, generator=g)
+    rows = [torch.full((v,), -INF)]  # all masked -> NaN, NaN
+    for pos in {0, v // 2, v - 1}:
+        for bad in (NAN, INF):
+            r = base.clone()
+            r[pos] = bad
+            rows.append(r)  # NaN / +inf anywhere -> NaN, NaN
+        r = torch.full((v,), -INF)
+        r[pos] = 2.5
+        rows.append(r)  # one live entry -> H = 0, lse = 2.5
+    rows.append(torch.full((v,), 7.0))  # uniform -> H = log V, lse = 7 + log V
+    x = torch.stack(rows).to(dtype)
+    ent, lse = lenskit.entropy_lse(x)
+    assert_close(ent, ref_entropy(x))
+    assert_close(lse, ref_lse(x), rtol=LSE_RTOL, atol=LSE_ATOL)
+    assert bool(torch.isnan(ent[0])) and bool(torch.isnan(lse[0]))
+    nan_rows = [i for i, r in enumerate(rows) if bool((r.isnan() | (r == INF)).any())]
+    assert bool(torch.isnan(ent[nan_rows]).all()) and bool(torch.isnan(lse[nan_rows]).all())
+    one_rows = [
+        i for i, r in enumerate(rows[:-1]) if i not in nan_rows and int((r > -INF).sum()) == 1
+    ]
+    assert bool((ent[one_rows] == 0).all()) and bool((lse[one_rows] == 2.5).all())
+    assert float(lse[-1]) == pytest.approx(7.0 + math.log(v), rel=1e-6)
+    if backend.startswith("cpp"):
+        assert torch.equal(ent.nan_to_num(123.0), lenskit.entropy(x).nan_to_num(123.0))
+
+
+@pytest.mark.parametrize(
+    "shape", [(0,), (0, 5), (2, 0, 7), (5, 0), (2, 0)], ids=lambda s: "x".join(map(str, s))
+)
+def test_entropy_lse_empty(backend, shape):
+    ent, lse = lenskit.entropy_lse(torch.zeros(shape))
+    for out in (ent, lse):
+        assert out.shape == shape[:-1] and out.dtype == torch.float32
+        assert bool(torch.isnan(out).all())
+
+
 # ----------------------------------------------------------------------------- bad input
 
 BAD = [
@@ -400,6 +526,8 @@ BAD = [
     ("entropy", (torch.zeros(3, 4, dtype=torch.int64),), TypeError, r"float32, float16 or bfloat16.*int64"),
     ("entropy", (torch.zeros(3, 4, dtype=torch.float64),), TypeError, r"float32, float16 or bfloat16.*float64"),
     ("entropy", (torch.tensor(1.0),), ValueError, r"at least 1 dimension.*0-d"),
+    ("entropy_lse", (torch.zeros(3, 4, dtype=torch.float64),), TypeError, r"float32, float16 or bfloat16.*float64"),
+    ("entropy_lse", (torch.tensor(1.0),), ValueError, r"at least 1 dimension.*0-d"),
     ("kl_div", (torch.zeros(3, 4), torch.zeros(3, 5)), ValueError, r"same shape.*\[3, 4\].*\[3, 5\]|same shape.*\(3, 4\).*\(3, 5\)"),
     ("kl_div", (torch.zeros(3, 4), torch.zeros(3, 4, dtype=torch.int32)), TypeError, r"q_logits.*int32"),
     ("kl_div", (torch.tensor(1.0), torch.tensor(1.0)), ValueError, r"0-d"),
@@ -444,6 +572,8 @@ def _samples():
     return [
         ("entropy", (x,)),
         ("entropy", (x.to(torch.float16).transpose(0, 1),)),
+        ("entropy_lse", (x,)),
+        ("entropy_lse", (y.transpose(0, 1),)),
         ("kl_div", (x, x.flip(-1))),
         ("kl_div", (y, y.flip(0))),
         ("pairwise_kl", (x[0], x[1, :3])),

@@ -1,4 +1,4 @@
-"""The CUDA kernels of torch.ops.lenskit.{entropy, kl_div, pairwise_kl}.
+"""The CUDA kernels of torch.ops.lenskit.{entropy, entropy_lse, kl_div, pairwise_kl}.
 
 Each op is compared with a float64 oracle written here (independent of lenskit.reference) on
 fresh random inputs: dtypes x row counts x vocabulary sizes, -inf masks, large logits,
@@ -63,6 +63,32 @@ def entropy_f64(x: torch.Tensor) -> torch.Tensor:
     return torch.where(ok, h, NAN).float()
 
 
+def lse_f64(x: torch.Tensor) -> torch.Tensor:
+    """logsumexp over the last dim in float64, entropy_lse semantics (NaN where H is NaN)."""
+    x = x.double()
+    if x.shape[-1] == 0:
+        return torch.full(x.shape[:-1], NAN, dtype=torch.float32, device=x.device)
+    bad = (x.isnan() | (x == INF)).any(dim=-1)
+    m = x.amax(dim=-1, keepdim=True)
+    ok = torch.isfinite(m.squeeze(-1)) & ~bad
+    m = torch.where(torch.isfinite(m), m, 0.0)
+    lse = m.squeeze(-1) + (x - m).exp().sum(dim=-1).log()
+    return torch.where(ok, lse, NAN).float()
+
+
+LSE_RTOL = 1e-5
+LSE_ATOL = 1e-5
+
+
+def check_entropy_lse(x: torch.Tensor) -> None:
+    """entropy_lse(x) against float64, and its entropy bit-identical to entropy(x)."""
+    ent, lse = entropy_lse(x)
+    assert ent.shape == lse.shape == x.shape[:-1]
+    check(ent, entropy_f64(x))
+    check(lse, lse_f64(x), rtol=LSE_RTOL, atol=LSE_ATOL)
+    assert torch.equal(ent.nan_to_num(123.0), entropy(x).nan_to_num(123.0))
+
+
 def kl_f64(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """KL(softmax(x) || softmax(y)) over the last dim in float64, contract semantics."""
     x = x.double()
@@ -113,6 +139,7 @@ def check(actual: torch.Tensor, expected: torch.Tensor, *, rtol=RTOL, atol=ATOL)
 
 
 entropy = torch.ops.lenskit.entropy if lenskit.extension_error() is None else None
+entropy_lse = torch.ops.lenskit.entropy_lse if lenskit.extension_error() is None else None
 kl_div = torch.ops.lenskit.kl_div if lenskit.extension_error() is None else None
 pairwise_kl = torch.ops.lenskit.pairwise_kl if lenskit.extension_error() is None else None
 
@@ -393,6 +420,49 @@ def test_scalar_output_for_1d_input():
 
 
 # ---------------------------------------------------------------------------------------------
+# entropy_lse
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("v", VOCABS)
+@pytest.mark.parametrize("n", ROWS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_entropy_lse_matches_float64(dtype, n, v):
+    x = randn((n, v), dtype, seed=n * 5 + v)
+    check_entropy_lse(x)
+    check_entropy_lse(mask_(x, 0.3, seed=v))
+    check_entropy_lse(randn((n, v), dtype, scale=1e4, seed=v))  # |x| ~ 1e4
+
+
+@pytest.mark.parametrize("name", VIEW_NAMES)
+@pytest.mark.parametrize("v", [1, 7, 1271, 32001, 131075])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_entropy_lse_views(dtype, v, name):
+    check_entropy_lse(_views(5, v, dtype, seed=v)[name])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_entropy_lse_edges(dtype):
+    x = randn((7, 300), dtype, seed=4)
+    x[0] = -INF
+    x[1, 5] = NAN
+    x[2, 7] = INF
+    x[3, :299] = -INF  # a single live entry: H = 0, lse = that entry
+    x[4] = 7.0  # uniform: H = log V, lse = 7 + log V
+    ent, lse = entropy_lse(x)
+    assert ent[:3].isnan().all() and lse[:3].isnan().all()
+    assert ent[3] == 0 and lse[3] == x[3, 299].float()
+    assert float(lse[4]) == pytest.approx(7.0 + math.log(300), rel=1e-6)
+    assert ent[3:].isfinite().all() and lse[3:].isfinite().all()
+    check_entropy_lse(x)
+    for shape in [(0, 5), (3, 0), (2, 0, 4), (0,)]:
+        e = torch.empty(shape, device="cuda")
+        ent, lse = entropy_lse(e)
+        assert ent.shape == lse.shape == e.shape[:-1]
+        assert ent.isnan().all() and lse.isnan().all()
+
+
+# ---------------------------------------------------------------------------------------------
 # pairwise_kl
 # ---------------------------------------------------------------------------------------------
 
@@ -531,6 +601,7 @@ def _opcheck_cases():
 def test_opcheck(case):
     _, p, q = _opcheck_cases()[case]
     torch.library.opcheck(torch.ops.lenskit.entropy.default, (p,))
+    torch.library.opcheck(torch.ops.lenskit.entropy_lse.default, (p,))
     torch.library.opcheck(torch.ops.lenskit.kl_div.default, (p, q))
     p2, q2 = p.reshape(-1, p.shape[-1]), q.reshape(-1, q.shape[-1])
     torch.library.opcheck(torch.ops.lenskit.pairwise_kl.default, (p2, q2[:2]))
@@ -540,6 +611,8 @@ def test_public_api_uses_the_cuda_kernels():
     x = randn((5, 3000), torch.bfloat16)
     y = randn((5, 3000), torch.bfloat16, seed=1)
     assert torch.equal(lenskit.entropy(x), entropy(x))
+    for a, b in zip(lenskit.entropy_lse(x), entropy_lse(x), strict=True):
+        assert torch.equal(a, b)
     assert torch.equal(lenskit.kl_div(x, y), kl_div(x, y))
     assert torch.equal(lenskit.pairwise_kl(x, y), pairwise_kl(x, y))
 
@@ -555,6 +628,7 @@ def test_cuda_agrees_with_cpu_kernels(dtype):
     q[5, 8] = -INF
     p[5, 8] = 0.0
     check(entropy(p), entropy(p.cpu()).cuda())
+    check(entropy_lse(p)[1], entropy_lse(p.cpu())[1].cuda(), rtol=LSE_RTOL, atol=LSE_ATOL)
     check(kl_div(p, q), kl_div(p.cpu(), q.cpu()).cuda())
     check(
         pairwise_kl(p[:9], q[:11]),

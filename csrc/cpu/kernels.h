@@ -58,6 +58,8 @@ void merge_state(EntropyState& a, const EntropyState& b);
 void merge_state(KLState& a, const KLState& b);
 float finish_state(const EntropyState& st);
 float finish_state(const KLState& st);
+// logsumexp of the row: m + log s (NaN exactly where finish_state(EntropyState) is NaN).
+float finish_lse(const EntropyState& st);
 
 using EntropySegmentFn = void (*)(const void* x, DType dt, int64_t n, EntropyState& st);
 using KLSegmentFn = void (*)(const void* x, DType dx, const void* y, DType dy, int64_t n,

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <limits>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "../common.h"
@@ -77,6 +78,11 @@ void merge_state(KLState& a, const KLState& b) {
 float finish_state(const EntropyState& st) {
   if (st.bad || !(st.s > 0)) return kNaN;  // NaN/+inf seen, or the row is all -inf
   return static_cast<float>(std::log(st.s) - st.t / st.s);
+}
+
+float finish_lse(const EntropyState& st) {
+  if (st.bad || !(st.s > 0)) return kNaN;  // same NaN rows as finish_state
+  return static_cast<float>(static_cast<double>(st.m) + std::log(st.s));
 }
 
 float finish_state(const KLState& st) {
@@ -179,9 +185,9 @@ void dynamic_for(int64_t n, int64_t threads, int64_t chunk, const Body& body) {
 }
 
 // Runs seg(row, begin, len, state) over every row (split into segments when there are fewer
-// rows than threads) and writes finish(merged state) to out[row].
-template <class State, class Seg>
-void run_rows(int64_t rows, int64_t v, float* out, const Seg& seg) {
+// rows than threads) and calls store(row, merged state).
+template <class State, class Seg, class Store>
+void run_rows(int64_t rows, int64_t v, const Seg& seg, const Store& store) {
   const int64_t total = rows * v;
   int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
   threads = std::max<int64_t>(1, std::min(threads, total / kGrainElements));
@@ -197,7 +203,7 @@ void run_rows(int64_t rows, int64_t v, float* out, const Seg& seg) {
       State st;
       init_state(st);
       seg(r, 0, v, st);
-      out[r] = finish_state(st);
+      store(r, st);
     });
     return;
   }
@@ -216,7 +222,7 @@ void run_rows(int64_t rows, int64_t v, float* out, const Seg& seg) {
   for (int64_t r = 0; r < rows; ++r) {
     State st = parts[static_cast<size_t>(r * chunks)];
     for (int64_t c = 1; c < chunks; ++c) merge_state(st, parts[static_cast<size_t>(r * chunks + c)]);
-    out[r] = finish_state(st);
+    store(r, st);
   }
 }
 
@@ -228,22 +234,50 @@ void check_cpu(const char* op, const char* name, const at::Tensor& x) {
 }  // namespace
 }  // namespace cpu
 
+namespace {
+
+// Entropy (and, when lse is defined, logsumexp) of every row of logits, from one pass.
+void entropy_rows_cpu(const at::Tensor& logits, const at::Tensor& out, const at::Tensor& lse) {
+  const int64_t rows = num_rows(logits), v = logits.size(-1);
+  if (rows == 0) return;
+  if (v == 0) {
+    out.fill_(std::numeric_limits<float>::quiet_NaN());
+    if (lse.defined()) lse.fill_(std::numeric_limits<float>::quiet_NaN());
+    return;
+  }
+  const at::Tensor x = as_rows(logits);
+  const cpu::Rows xr = cpu::rows_of(x);
+  const auto fn = cpu::select_kernels().entropy;
+  float* const po = out.data_ptr<float>();
+  float* const pl = lse.defined() ? lse.data_ptr<float>() : nullptr;
+  cpu::run_rows<cpu::EntropyState>(
+      rows, v,
+      [&](int64_t r, int64_t begin, int64_t len, cpu::EntropyState& st) {
+        fn(xr.at(r, begin), xr.dt, len, st);
+      },
+      [&](int64_t r, const cpu::EntropyState& st) {
+        po[r] = cpu::finish_state(st);
+        if (pl != nullptr) pl[r] = cpu::finish_lse(st);
+      });
+}
+
+}  // namespace
+
 at::Tensor entropy_cpu(const at::Tensor& logits) {
   check_logits("entropy", "logits", logits);
   cpu::check_cpu("entropy", "logits", logits);
   at::Tensor out = at::empty(lead_shape(logits), logits.options().dtype(at::kFloat));
-  const int64_t rows = num_rows(logits), v = logits.size(-1);
-  if (rows == 0) return out;
-  if (v == 0) return out.fill_(std::numeric_limits<float>::quiet_NaN());
-  const at::Tensor x = as_rows(logits);
-  const cpu::Rows xr = cpu::rows_of(x);
-  const auto fn = cpu::select_kernels().entropy;
-  cpu::run_rows<cpu::EntropyState>(
-      rows, v, out.data_ptr<float>(),
-      [&](int64_t r, int64_t begin, int64_t len, cpu::EntropyState& st) {
-        fn(xr.at(r, begin), xr.dt, len, st);
-      });
+  entropy_rows_cpu(logits, out, at::Tensor());
   return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> entropy_lse_cpu(const at::Tensor& logits) {
+  check_logits("entropy_lse", "logits", logits);
+  cpu::check_cpu("entropy_lse", "logits", logits);
+  at::Tensor out = at::empty(lead_shape(logits), logits.options().dtype(at::kFloat));
+  at::Tensor lse = at::empty(lead_shape(logits), logits.options().dtype(at::kFloat));
+  entropy_rows_cpu(logits, out, lse);
+  return {out, lse};
 }
 
 at::Tensor kl_div_cpu(const at::Tensor& p_logits, const at::Tensor& q_logits) {
@@ -257,10 +291,13 @@ at::Tensor kl_div_cpu(const at::Tensor& p_logits, const at::Tensor& q_logits) {
   const at::Tensor y = as_rows(q_logits);
   const cpu::Rows xr = cpu::rows_of(x), yr = cpu::rows_of(y);
   const auto fn = cpu::select_kernels().kl;
-  cpu::run_rows<cpu::KLState>(rows, v, out.data_ptr<float>(),
-                              [&](int64_t r, int64_t begin, int64_t len, cpu::KLState& st) {
-                                fn(xr.at(r, begin), xr.dt, yr.at(r, begin), yr.dt, len, st);
-                              });
+  float* const po = out.data_ptr<float>();
+  cpu::run_rows<cpu::KLState>(
+      rows, v,
+      [&](int64_t r, int64_t begin, int64_t len, cpu::KLState& st) {
+        fn(xr.at(r, begin), xr.dt, yr.at(r, begin), yr.dt, len, st);
+      },
+      [&](int64_t r, const cpu::KLState& st) { po[r] = cpu::finish_state(st); });
   return out;
 }
 

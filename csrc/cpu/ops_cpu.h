@@ -3,9 +3,14 @@
 
 #include <ATen/ATen.h>
 
+#include <string>
+#include <tuple>
+
 namespace lenskit {
 
 at::Tensor entropy_cpu(const at::Tensor& logits);
+// (entropy, logsumexp) of every row from the same pass; entropy equals entropy_cpu's bit for bit.
+std::tuple<at::Tensor, at::Tensor> entropy_lse_cpu(const at::Tensor& logits);
 at::Tensor kl_div_cpu(const at::Tensor& p_logits, const at::Tensor& q_logits);
 at::Tensor pairwise_kl_cpu(const at::Tensor& p_logits, const at::Tensor& q_logits);
 // Name of the kernel set the next call will use: "avx512", "avx2" or "scalar".

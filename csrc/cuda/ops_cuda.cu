@@ -1,4 +1,4 @@
-// CUDA kernels for torch.ops.lenskit.{entropy, kl_div, pairwise_kl}.
+// CUDA kernels for torch.ops.lenskit.{entropy, entropy_lse, kl_div, pairwise_kl}.
 //
 // Semantics are those of lenskit/reference.py (see the numerical contract in DESIGN.md):
 // fp32/fp16/bf16 in, fp32 accumulation, fp32 out of shape logits.shape[:-1]; -inf entries are
@@ -65,6 +65,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <tuple>
 #include <type_traits>
 
 namespace {
@@ -337,6 +338,7 @@ struct EntropyRows {
   using State = EntropyState;
   const T* __restrict__ base;
   int64_t row_stride;
+  float* __restrict__ lse;  // logsumexp per row (entropy_lse), or nullptr (entropy)
 
   __device__ __forceinline__ State identity() const { return entropy_identity(); }
 
@@ -382,6 +384,12 @@ struct EntropyRows {
   __device__ __forceinline__ float finish(const State& st) const {
     if (st.flags != 0u || st.m == -kInf) return kNaN;  // NaN/+inf seen, all masked, or V == 0
     return logf(st.s) - st.t / st.s;
+  }
+
+  // Writes row r's results from its merged state (lse = m + log s, NaN where H is NaN).
+  __device__ __forceinline__ void store(const State& st, int64_t r, float* __restrict__ out) const {
+    out[r] = finish(st);
+    if (lse != nullptr) lse[r] = (st.flags != 0u || st.m == -kInf) ? kNaN : st.m + logf(st.s);
   }
 };
 
@@ -452,6 +460,10 @@ struct KlRows {
     const float kl = st.u / st.sp + (st.mq - st.mp) + logf(st.sq / st.sp);
     return kl < 0.f ? 0.f : kl;  // rounding can leave a tiny negative value
   }
+
+  __device__ __forceinline__ void store(const State& st, int64_t r, float* __restrict__ out) const {
+    out[r] = finish(st);
+  }
 };
 
 // ------------------------------------------------------------------------------------------
@@ -476,7 +488,7 @@ __global__ void __launch_bounds__(kRowsPerWarpBlock * kWarpSize)
        r += static_cast<int64_t>(gridDim.x) * kRowsPerWarpBlock) {
     auto st = op.template partial<kWarpSize>(r, V, lane);
     st = warp_reduce(st);
-    if (lane == 0) out[r] = op.finish(st);
+    if (lane == 0) op.store(st, r, out);
   }
 }
 
@@ -499,7 +511,7 @@ __global__ void __launch_bounds__(BLOCK)
     if (warp == 0) {
       st = lane < kWarps ? partials[lane] : op.identity();
       st = warp_reduce(st);
-      if (lane == 0) out[r] = op.finish(st);
+      if (lane == 0) op.store(st, r, out);
     }
     __syncthreads();  // partials[] is rewritten for the next row
   }
@@ -614,19 +626,36 @@ void dispatch_storage(at::ScalarType t, F&& f) {
   }
 }
 
+// Entropy of every row into out, and logsumexp into lse when it is defined (same pass).
+void entropy_rows_cuda(const at::Tensor& logits, const at::Tensor& out, const at::Tensor& lse) {
+  const RowView rv = row_view(logits);
+  if (rv.rows == 0) return;
+  float* const lse_ptr = lse.defined() ? lse.mutable_data_ptr<float>() : nullptr;
+  dispatch_storage(rv.t.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    const EntropyRows<T> op{reinterpret_cast<const T*>(rv.t.const_data_ptr()), rv.row_stride,
+                            lse_ptr};
+    launch_rows(op, rv.rows, rv.V, VecWidth<T>::value, out.mutable_data_ptr<float>());
+  });
+}
+
 at::Tensor entropy_cuda(const at::Tensor& logits) {
   lenskit::check_logits("entropy", "logits", logits);
   check_cuda("entropy", "logits", logits);
   const c10::cuda::CUDAGuard guard(logits.device());
   at::Tensor out = at::empty(lenskit::lead_shape(logits), logits.options().dtype(at::kFloat));
-  const RowView rv = row_view(logits);
-  if (rv.rows == 0) return out;
-  dispatch_storage(rv.t.scalar_type(), [&](auto tag) {
-    using T = decltype(tag);
-    const EntropyRows<T> op{reinterpret_cast<const T*>(rv.t.const_data_ptr()), rv.row_stride};
-    launch_rows(op, rv.rows, rv.V, VecWidth<T>::value, out.mutable_data_ptr<float>());
-  });
+  entropy_rows_cuda(logits, out, at::Tensor());
   return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> entropy_lse_cuda(const at::Tensor& logits) {
+  lenskit::check_logits("entropy_lse", "logits", logits);
+  check_cuda("entropy_lse", "logits", logits);
+  const c10::cuda::CUDAGuard guard(logits.device());
+  at::Tensor out = at::empty(lenskit::lead_shape(logits), logits.options().dtype(at::kFloat));
+  at::Tensor lse = at::empty(lenskit::lead_shape(logits), logits.options().dtype(at::kFloat));
+  entropy_rows_cuda(logits, out, lse);
+  return {out, lse};
 }
 
 at::Tensor kl_div_cuda(const at::Tensor& p_logits, const at::Tensor& q_logits) {
@@ -732,6 +761,7 @@ at::Tensor pairwise_kl_cuda(const at::Tensor& p_logits, const at::Tensor& q_logi
 
 TORCH_LIBRARY_IMPL(lenskit, CUDA, m) {
   m.impl("entropy", &entropy_cuda);
+  m.impl("entropy_lse", &entropy_lse_cuda);
   m.impl("kl_div", &kl_div_cuda);
   m.impl("pairwise_kl", &pairwise_kl_cuda);
 }
