@@ -43,6 +43,7 @@ test: install
 bench: install
 	$(PY) benchmarks/bench_kernels.py
 	$(PY) benchmarks/bench_lens.py
+	$(PY) benchmarks/bench_sweep.py
 
 lint: install
 	$(VENV)/bin/ruff check .
