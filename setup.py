@@ -38,7 +38,10 @@ def _extensions():
         return []
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
     sources += sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
-    cxx_flags = ["-O3", "-std=c++20", "-fno-math-errno", "-fvisibility=hidden"]
+    # -fopenmp: at::parallel_for is a header template whose `omp parallel` is compiled into
+    # the extension; without the flag it silently runs on one thread.
+    cxx_flags = ["-O3", "-std=c++20", "-fno-math-errno", "-fvisibility=hidden", "-fopenmp"]
+    link_flags = ["-fopenmp"]
     with_cuda = bool(_cuda_home) and torch.version.cuda is not None
     if with_cuda:
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
@@ -47,6 +50,7 @@ def _extensions():
                 "lenskit._C",
                 sources,
                 define_macros=[("LENSKIT_WITH_CUDA", "1")],
+                extra_link_args=link_flags,
                 extra_compile_args={
                     "cxx": cxx_flags,
                     "nvcc": ["-O3", "-std=c++20", "-lineinfo"],
@@ -54,7 +58,14 @@ def _extensions():
                 py_limited_api=False,
             )
         ]
-    return [CppExtension("lenskit._C", sources, extra_compile_args={"cxx": cxx_flags})]
+    return [
+        CppExtension(
+            "lenskit._C",
+            sources,
+            extra_compile_args={"cxx": cxx_flags},
+            extra_link_args=link_flags,
+        )
+    ]
 
 
 setup(
