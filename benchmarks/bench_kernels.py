@@ -12,8 +12,9 @@ Run by ``make bench`` (not by the tests). Everything in the table is measured in
   kernel), compiled before timing.
 * ``read``: ``x.sum(-1)`` (kl_div: of both inputs), a plain read pass: the memory-bound floor.
 
-Times are medians over ``--reps`` calls after one warm-up call. Effective GB/s = bytes of the
-input(s) read once / time. The table goes to docs/benchmarks.md (section bench_kernels).
+Times are medians over ``--reps`` calls (``--eager-reps`` for eager) after one warm-up call;
+the contenders take turns call by call, so that drift on a shared machine hits all of them
+alike. Effective GB/s = bytes of the input(s) read once / time. The table goes to docs/benchmarks.md (section bench_kernels).
 """
 
 from __future__ import annotations
@@ -67,17 +68,31 @@ def read_pass(*xs: torch.Tensor) -> list[torch.Tensor]:
 
 def median_time(fn, args, reps: int) -> float:
     """Median wall time of fn(*args) in seconds, after one warm-up call."""
+    return interleaved_times({"fn": fn}, args, {"fn": reps})["fn"]
+
+
+def interleaved_times(fns: dict, args, reps: dict) -> dict:
+    """Median wall time (s) of each fn(*args), after one warm-up call each.
+
+    The calls take turns (one call of each per round, for as many rounds as that fn's reps),
+    so that a drift of the shared machine's memory bandwidth or load during the run hits every
+    contender alike instead of whichever happened to run then.
+    """
     dev = args[0].device
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    fn(*args)
-    sync()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
+    times: dict = {name: [] for name in fns}
+    for fn in fns.values():
         fn(*args)
         sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    for r in range(max(reps.values())):
+        for name, fn in fns.items():
+            if r >= reps[name]:
+                continue
+            t0 = time.perf_counter()
+            fn(*args)
+            sync()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def copy_bandwidth(device: torch.device, nbytes: int = 1 << 30) -> float:
@@ -99,10 +114,11 @@ def bench_case(op: str, shape, dtype, device, compiled, reps: int, eager_reps: i
         args = (x, y)
         fast, eagers, comp = lenskit.kl_div, (kl_logsoftmax, kl_functional), compiled[1]
     nbytes = sum(a.numel() * a.element_size() for a in args)
-    t_fast = median_time(fast, args, reps)
-    t_eager = min(median_time(f, args, eager_reps) for f in eagers)
-    t_comp = median_time(comp, args, reps)
-    t_read = median_time(read_pass, args, reps)
+    fns = {"fast": fast, "eager0": eagers[0], "eager1": eagers[1], "comp": comp, "read": read_pass}
+    reps_of = {"fast": reps, "eager0": eager_reps, "eager1": eager_reps, "comp": reps, "read": reps}
+    t = interleaved_times(fns, args, reps_of)
+    t_fast, t_comp, t_read = t["fast"], t["comp"], t["read"]
+    t_eager = min(t["eager0"], t["eager1"])
     return {
         "op": op,
         "shape": "x".join(map(str, shape)),
@@ -183,8 +199,8 @@ def main() -> None:
     )
     body = (
         f"{stamp()} Shared machine: {load}.\n\n"
-        "Median wall time per call; GB/s = input bytes read once / time; x eager and x compile "
-        "= their time / lenskit's time. eager = the faster of the log_softmax formula "
+        "Median wall time per call, the contenders taking turns call by call; GB/s = input "
+        "bytes read once / time; x eager and x compile = their time / lenskit's time. eager = the faster of the log_softmax formula "
         "and torch.distributions.Categorical(...).entropy() (kl_div: F.kl_div(log_target=True)); "
         "compile = torch.compile of the log_softmax formula; read pass = x.sum(-1) over the "
         "same input(s). See benchmarks/bench_kernels.py for the exact expressions.\n\n"

@@ -186,6 +186,7 @@ def test_kl_div_random(backend, shape, dtype):
     seed = shape[0] * 11 + shape[1]
     p = make_logits(shape, dtype, seed=seed)
     q = make_logits(shape, dtype, seed=seed + 1)
+    assert_close(lenskit.kl_div(p, q), ref_kl(p, q))
     # The same random mask on both: finite KL, masked entries skipped on both sides.
     mask = make_logits(shape, torch.float32, seed=seed + 2, mask_prob=0.1) == -math.inf
     p, q = p.masked_fill(mask, -math.inf), q.masked_fill(mask, -math.inf)
@@ -204,11 +205,17 @@ def test_pairwise_kl_random(backend, nmv, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_kl_div_mixed_dtypes(backend, dtype):
-    p = make_logits((3, 1000), torch.float32, seed=1)
-    q = make_logits((3, 1000), dtype, seed=2)
+@pytest.mark.parametrize("v", [1000, 5000])  # 5000: several blocks (the single-pass code)
+def test_kl_div_mixed_dtypes(backend, dtype, v):
+    p = make_logits((3, v), torch.float32, seed=1)
+    q = make_logits((3, v), dtype, seed=2)
     assert_close(lenskit.kl_div(p, q), ref_kl(p, q))
     assert_close(lenskit.kl_div(q, p), ref_kl(q, p))
+    # bf16 rows are loaded in another element order on some ISAs: pairing must survive that.
+    other = torch.float16 if dtype == torch.bfloat16 else torch.bfloat16
+    r = make_logits((3, v), other, seed=3)
+    assert_close(lenskit.kl_div(q, r), ref_kl(q, r))
+    assert_close(lenskit.kl_div(r, q), ref_kl(r, q))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -224,12 +231,15 @@ def test_large_magnitudes(backend, dtype):
     assert_close(lenskit.kl_div(z, z.flip(-1)), ref_kl(z, z.flip(-1)))
 
 
-def test_running_max_rescaling(backend):
-    # Increasing logits: the running max grows in every block (rescale path), and a row whose
-    # max sits in its first block (no rescale).
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_running_max_rescaling(backend, dtype):
+    # Increasing logits: the running max grows in every block (the single-pass code hands every
+    # block to the two-pass rescale path), and a row whose max sits in its first block (every
+    # later block is committed by the single pass).
     v = 20000
     up = torch.linspace(-30, 30, v)[None].repeat(2, 1)
     up[1] = up[1].flip(-1)
+    up = up.to(dtype)
     assert_close(lenskit.entropy(up), ref_entropy(up))
     assert_close(lenskit.kl_div(up, up.flip(0)), ref_kl(up, up.flip(0)))
 
@@ -314,6 +324,10 @@ def test_entropy_edges(backend, v, dtype):
         r = torch.full((v,), -INF)
         r[pos] = NAN
         rows.append(r)  # NaN among masked entries -> NaN
+        if v > 1:
+            r = base.clone()
+            r[pos] = -INF
+            rows.append(r)  # one masked entry (maybe in a late block only) -> finite
     rows.append(torch.full((v,), 7.0))  # uniform -> log V
     r = base.clone()
     r[: v // 2] = -INF  # masked first half (all -inf leading blocks)

@@ -6,17 +6,26 @@
 // standard library or ATen may be instantiated under a target attribute (ODR: the linker
 // could pick an AVX-512 copy of an inline function for code that runs on any CPU).
 //
-// Per block of kBlock elements of a row:
-//   pass 1 (from memory): block max (4 accumulators), NaN flag (vector max drops NaN, so NaN is
-//          detected by an explicit unordered compare, one per two vectors), +inf via the max;
-//   rescale the running sums once if the block max exceeds the running max:
-//          s' = c s,  t' = c (t + (m_old - m_new) s),  c = e^(m_old - m_new);
-//   pass 2 (from L1): e = exp(x - m) with exp(-inf) == 0 exactly, s += e, t += e (x - m),
-//          while prefetching the next block so that memory and arithmetic overlap.
-// Blocks that are all -inf are skipped; masked entries contribute 0 through selects.
-// That is the careful block code (every ISA; on ISAs with Vec::kFastBlocks only for the first
-// block of a row and for blocks the fast code hands back). The fast blocks (see
-// entropy_block_fast) drop every check from both loops and use a cheaper exponential.
+// Per block of kBlock elements of a row, three codes, each handing the block down when it
+// cannot finish it:
+//   single pass (entropy_block_fast1; ISAs with Vec::kFastBlocks, once the running max m is
+//          finite): e = exp(x - m) against the running max straight from memory, the block max
+//          taken on the side, the next block prefetched. Committed when the block max is <= m
+//          and the sums are finite (the common case after the first blocks of a row). It
+//          starts without the per-entry -inf select (a -inf entry then makes a sum NaN)
+//          and keeps the select for the rest of the segment from the first such block on;
+//   two-pass (entropy_block_fast): a max pass, the rescale, then the same exp pass from L1;
+//   careful (entropy_block_careful; every ISA, the only code without kFastBlocks, and the
+//          first block of a row): pass 1 finds the block max and NaN (vector max drops NaN,
+//          so one unordered compare per two vectors) and +inf; then the running sums are
+//          rescaled once if the block max exceeds the running max,
+//            s' = c s,  t' = c (t + (m_old - m_new) s),  c = e^(m_old - m_new);
+//          pass 2 (from L1): e = exp(x - m) with exp(-inf) == 0 exactly, s += e, t += e (x - m).
+// Blocks that are all -inf are skipped; masked entries contribute 0 through selects. The
+// single-pass and two-pass codes drop every check from their loops and use a cheaper
+// exponential; both compute the same sums against the same m, so the results do not depend
+// on which of them took a block (but for the summation order of bf16 rows, which the single
+// pass loads as even and odd elements).
 
 constexpr float kNegInf = -__builtin_inff();
 constexpr float kPosInf = __builtin_inff();
@@ -32,6 +41,7 @@ LK_INLINE static float lk_maxf(float a, float b) { return a > b ? a : b; }
 #ifndef LK_KL_PREFETCH_LOCALITY
 #define LK_KL_PREFETCH_LOCALITY 2
 #endif
+
 template <int64_t count, int locality = 3, class S>
 LK_INLINE static void prefetch_span(const S* p) {
   if constexpr (Vec::kPrefetch) {
@@ -151,8 +161,8 @@ __attribute__((noinline)) LK_TARGET static bool entropy_block_careful(
 constexpr double kLog2eD = static_cast<double>(1.44269504088896341f);  // L, in double
 
 template <class T>
-LK_INLINE static bool entropy_block_fast(const typename T::storage* xb, int64_t len,
-                                         EntropyState& st) {
+__attribute__((noinline)) LK_TARGET static bool entropy_block_fast(
+    const typename T::storage* xb, int64_t len, EntropyState& st) {
   using vec = typename Vec::vec;
   constexpr int64_t W = Vec::W;
   const int64_t nfull = len / W * W;
@@ -226,16 +236,128 @@ LK_INLINE static bool entropy_block_fast(const typename T::storage* xb, int64_t 
   return true;
 }
 
+// Element layout of the single-pass loads: two vectors of 2W consecutive elements. For bf16
+// (Vec::kBf16Pairs) one 64-byte load gives both, as the even and the odd elements (a shift
+// and a mask instead of two widening shuffles, which cost more than the exponential on some
+// CPUs). Sums and maxima do not care about the order; kl_div pairs p and q elements
+// correctly only when both rows use the same layout, hence the pair trait on both types.
+template <class T>
+struct PairLoad {
+  static constexpr bool value = false;
+};
+template <>
+struct PairLoad<BF16T> {
+  static constexpr bool value = Vec::kBf16Pairs;
+};
+
+template <bool Pairs, class T>
+LK_INLINE static void load2(const typename T::storage* p, typename Vec::vec& a,
+                            typename Vec::vec& b) {
+  if constexpr (Pairs) {
+    Vec::load_pair(T{}, p, a, b);
+  } else {
+    a = Vec::load(T{}, p);
+    b = Vec::load(T{}, p + Vec::W);
+  }
+}
+
+// t += e y where the entry is live; without Masked, a plain fma (a -inf entry then gives
+// 0 * -inf = NaN, which hands the block back and switches the row to the masked code).
+template <bool Masked>
+LK_INLINE static typename Vec::vec acc_live(typename Vec::vec t, typename Vec::vec x,
+                                            typename Vec::vec e, typename Vec::vec y) {
+  if constexpr (Masked) {
+    return Vec::mask_fmadd(t, Vec::not_neginf(x), e, y);
+  } else {
+    return Vec::fmadd(e, y, t);
+  }
+}
+
+// Single-pass fast block: the exp pass runs against the running max st.m straight from
+// memory, with the block max taken on the side, so that no separate max pass re-reads the
+// block. Only when the block max exceeds st.m (a new row max: rare after the first blocks of
+// a row) or a sum is not finite is the block handed to the two-pass code above, which then
+// finds it in L1/L2; otherwise the sums are those of entropy_block_fast's pass 2 (same st.m;
+// bit-identical but for the summation order of bf16). A non-finite t sum in the unmasked
+// code sets `masked` (the row has -inf entries) for the rest of the segment.
+template <class T, bool Masked>
+LK_INLINE static bool entropy_block_fast1(const typename T::storage* xb, int64_t len,
+                                          EntropyState& st, bool& masked) {
+  using vec = typename Vec::vec;
+  constexpr int64_t W = Vec::W;
+  constexpr bool pairs = PairLoad<T>::value;
+  const int64_t nfull = len / W * W;
+  const int tail = static_cast<int>(len - nfull);
+  const double mL = static_cast<double>(st.m) * kLog2eD;
+  const float c = static_cast<float>(mL);
+  const double dc = mL - static_cast<double>(c);
+  const vec vl = Vec::set1(static_cast<float>(kLog2eD));
+  const vec vnc = Vec::set1(-c);
+  const vec ninf = Vec::set1(kNegInf);
+  vec s0 = Vec::zero(), s1 = Vec::zero(), t0 = Vec::zero(), t1 = Vec::zero();
+  vec m0 = ninf, m1 = ninf;
+  int64_t i = 0;
+  for (; i + 2 * W <= nfull; i += 2 * W) {
+    prefetch_span<2 * W, LK_KL_PREFETCH_LOCALITY>(xb + kBlock + i);
+    vec x0, x1;
+    load2<pairs, T>(xb + i, x0, x1);
+    m0 = Vec::max(m0, x0);
+    m1 = Vec::max(m1, x1);
+    const vec y0 = Vec::fmadd(x0, vl, vnc);
+    const vec y1 = Vec::fmadd(x1, vl, vnc);
+    const vec e0 = Vec::exp2_fast(y0);
+    const vec e1 = Vec::exp2_fast(y1);
+    s0 = Vec::add(s0, e0);
+    s1 = Vec::add(s1, e1);
+    t0 = acc_live<Masked>(t0, x0, e0, y0);
+    t1 = acc_live<Masked>(t1, x1, e1, y1);
+  }
+  for (; i < nfull; i += W) {
+    const vec x0 = Vec::load(T{}, xb + i);
+    m0 = Vec::max(m0, x0);
+    const vec y0 = Vec::fmadd(x0, vl, vnc);
+    const vec e0 = Vec::exp2_fast(y0);
+    s0 = Vec::add(s0, e0);
+    t0 = acc_live<Masked>(t0, x0, e0, y0);
+  }
+  if (tail) {
+    // Tail lanes read as -inf: always masked.
+    const vec x1 = Vec::load_tail(T{}, xb + nfull, tail);
+    m1 = Vec::max(m1, x1);
+    const vec y1 = Vec::fmadd(x1, vl, vnc);
+    const vec e1 = Vec::exp2_fast(y1);
+    s1 = Vec::add(s1, e1);
+    t1 = acc_live<true>(t1, x1, e1, y1);
+  }
+  const float bmax = Vec::reduce_max(Vec::max(m0, m1));
+  const float sb = Vec::reduce_add(Vec::add(s0, s1));
+  const float tb = Vec::reduce_add(Vec::add(t0, t1));
+  if (!(bmax <= st.m && __builtin_isfinite(sb) && __builtin_isfinite(tb))) {
+    if (!Masked && !__builtin_isfinite(tb)) masked = true;
+    return entropy_block_fast<T>(xb, len, st);
+  }
+  const double f = __builtin_exp2(-dc);
+  st.s += f * static_cast<double>(sb);
+  st.t += f * (static_cast<double>(tb) - dc * static_cast<double>(sb)) / kLog2eD;
+  return true;
+}
+
 template <class T>
 LK_TARGET static void entropy_segment_t(const void* xv, int64_t n, EntropyState& st) {
   using S = typename T::storage;
   const S* x = static_cast<const S*>(xv);
+  [[maybe_unused]] bool masked = false;
   for (int64_t b0 = 0; b0 < n; b0 += kBlock) {
     const int64_t len = lk_min(kBlock, n - b0);
     bool ok;
     if constexpr (Vec::kFastBlocks) {
-      ok = st.m > kNegInf ? entropy_block_fast<T>(x + b0, len, st)
-                          : entropy_block_careful<T>(x + b0, len, st);
+      if (!(st.m > kNegInf)) {
+        ok = entropy_block_careful<T>(x + b0, len, st);
+      } else if (masked) {
+        ok = entropy_block_fast1<T, true>(x + b0, len, st, masked);
+      } else {
+        ok = entropy_block_fast1<T, false>(x + b0, len, st, masked);
+      }
     } else {
       ok = entropy_block_careful<T>(x + b0, len, st);
     }
@@ -415,8 +537,8 @@ __attribute__((noinline)) LK_TARGET static bool kl_block_careful(
 // far. u is accumulated in log2 units against y values that carry the shifts dCp and dCq,
 // both taken out in double. p == q gives bit-identical p and q sides, so KL(p, p) == 0.
 template <class TX, class TY>
-LK_INLINE static bool kl_block_fast(const typename TX::storage* xb,
-                                    const typename TY::storage* yb, int64_t len, KLState& st) {
+__attribute__((noinline)) LK_TARGET static bool kl_block_fast(
+    const typename TX::storage* xb, const typename TY::storage* yb, int64_t len, KLState& st) {
   using vec = typename Vec::vec;
   constexpr int64_t W = Vec::W;
   const int64_t nfull = len / W * W;
@@ -526,19 +648,113 @@ LK_INLINE static bool kl_block_fast(const typename TX::storage* xb,
   return true;
 }
 
+// Single-pass fast KL block (see entropy_block_fast1): against the running maxima, both block
+// maxima on the side; a new maximum on either side or a non-finite sum hands the block to
+// the two-pass kl_block_fast. Without Masked, u takes e_p (y_p - y_q) unmasked: a masked p
+// entry gives 0 * -inf = NaN (hand back, and mask from then on).
+template <class TX, class TY, bool Masked>
+LK_INLINE static bool kl_block_fast1(const typename TX::storage* xb,
+                                     const typename TY::storage* yb, int64_t len, KLState& st,
+                                     bool& masked) {
+  using vec = typename Vec::vec;
+  constexpr int64_t W = Vec::W;
+  constexpr bool pairs = PairLoad<TX>::value && PairLoad<TY>::value;
+  const int64_t nfull = len / W * W;
+  const int tail = static_cast<int>(len - nfull);
+  const double mlp = static_cast<double>(st.mp) * kLog2eD;
+  const double mlq = static_cast<double>(st.mq) * kLog2eD;
+  const float cp = static_cast<float>(mlp), cq = static_cast<float>(mlq);
+  const double dcp = mlp - static_cast<double>(cp), dcq = mlq - static_cast<double>(cq);
+  const vec vl = Vec::set1(static_cast<float>(kLog2eD));
+  const vec vncp = Vec::set1(-cp), vncq = Vec::set1(-cq);
+  const vec ninf = Vec::set1(kNegInf);
+  vec sp0 = Vec::zero(), sp1 = Vec::zero(), sq0 = Vec::zero(), sq1 = Vec::zero();
+  vec u0 = Vec::zero(), u1 = Vec::zero();
+  vec mp0 = ninf, mp1 = ninf, mq0 = ninf, mq1 = ninf;
+  int64_t i = 0;
+  for (; i + 2 * W <= nfull; i += 2 * W) {
+    prefetch_span<2 * W, LK_KL_PREFETCH_LOCALITY>(xb + kBlockKL + i);
+    prefetch_span<2 * W, LK_KL_PREFETCH_LOCALITY>(yb + kBlockKL + i);
+    vec a0, a1, b0, b1;
+    load2<pairs, TX>(xb + i, a0, a1);
+    load2<pairs, TY>(yb + i, b0, b1);
+    mp0 = Vec::max(mp0, a0);
+    mp1 = Vec::max(mp1, a1);
+    mq0 = Vec::max(mq0, b0);
+    mq1 = Vec::max(mq1, b1);
+    const vec yp0 = Vec::fmadd(a0, vl, vncp);
+    const vec yp1 = Vec::fmadd(a1, vl, vncp);
+    const vec yq0 = Vec::fmadd(b0, vl, vncq);
+    const vec yq1 = Vec::fmadd(b1, vl, vncq);
+    const vec ep0 = Vec::exp2_fast(yp0);
+    const vec ep1 = Vec::exp2_fast(yp1);
+    sp0 = Vec::add(sp0, ep0);
+    sp1 = Vec::add(sp1, ep1);
+    sq0 = Vec::add(sq0, Vec::exp2_fast(yq0));
+    sq1 = Vec::add(sq1, Vec::exp2_fast(yq1));
+    u0 = acc_live<Masked>(u0, a0, ep0, Vec::sub(yp0, yq0));
+    u1 = acc_live<Masked>(u1, a1, ep1, Vec::sub(yp1, yq1));
+  }
+  for (; i < nfull; i += W) {
+    const vec a0 = Vec::load(TX{}, xb + i);
+    const vec b0 = Vec::load(TY{}, yb + i);
+    mp0 = Vec::max(mp0, a0);
+    mq0 = Vec::max(mq0, b0);
+    const vec yp0 = Vec::fmadd(a0, vl, vncp);
+    const vec yq0 = Vec::fmadd(b0, vl, vncq);
+    const vec ep0 = Vec::exp2_fast(yp0);
+    sp0 = Vec::add(sp0, ep0);
+    sq0 = Vec::add(sq0, Vec::exp2_fast(yq0));
+    u0 = acc_live<Masked>(u0, a0, ep0, Vec::sub(yp0, yq0));
+  }
+  if (tail) {
+    // Tail lanes read as -inf on both sides: always masked.
+    const vec a1 = Vec::load_tail(TX{}, xb + nfull, tail);
+    const vec b1 = Vec::load_tail(TY{}, yb + nfull, tail);
+    mp1 = Vec::max(mp1, a1);
+    mq1 = Vec::max(mq1, b1);
+    const vec yp1 = Vec::fmadd(a1, vl, vncp);
+    const vec yq1 = Vec::fmadd(b1, vl, vncq);
+    const vec ep1 = Vec::exp2_fast(yp1);
+    sp1 = Vec::add(sp1, ep1);
+    sq1 = Vec::add(sq1, Vec::exp2_fast(yq1));
+    u1 = acc_live<true>(u1, a1, ep1, Vec::sub(yp1, yq1));
+  }
+  const float bmp = Vec::reduce_max(Vec::max(mp0, mp1));
+  const float bmq = Vec::reduce_max(Vec::max(mq0, mq1));
+  const float spb = Vec::reduce_add(Vec::add(sp0, sp1));
+  const float sqb = Vec::reduce_add(Vec::add(sq0, sq1));
+  const float ub = Vec::reduce_add(Vec::add(u0, u1));
+  if (!(bmp <= st.mp && bmq <= st.mq && __builtin_isfinite(spb) && __builtin_isfinite(sqb) &&
+        __builtin_isfinite(ub))) {
+    if (!Masked && !__builtin_isfinite(ub)) masked = true;
+    return kl_block_fast<TX, TY>(xb, yb, len, st);
+  }
+  const double fp = __builtin_exp2(-dcp);
+  st.sp += fp * static_cast<double>(spb);
+  st.sq += __builtin_exp2(-dcq) * static_cast<double>(sqb);
+  st.u += fp * (static_cast<double>(ub) - (dcp - dcq) * static_cast<double>(spb)) / kLog2eD;
+  return true;
+}
+
 template <class TX, class TY>
 LK_TARGET static void kl_segment_t(const void* xv, const void* yv, int64_t n, KLState& st) {
   using SX = typename TX::storage;
   using SY = typename TY::storage;
   const SX* x = static_cast<const SX*>(xv);
   const SY* y = static_cast<const SY*>(yv);
+  [[maybe_unused]] bool masked = false;
   for (int64_t b0 = 0; b0 < n; b0 += kBlockKL) {
     const int64_t len = lk_min(kBlockKL, n - b0);
     bool ok;
     if constexpr (Vec::kFastBlocks) {
-      ok = (st.mp > kNegInf && st.mq > kNegInf && !st.q_dead)
-               ? kl_block_fast<TX, TY>(x + b0, y + b0, len, st)
-               : kl_block_careful<TX, TY>(x + b0, y + b0, len, st);
+      if (!(st.mp > kNegInf && st.mq > kNegInf && !st.q_dead)) {
+        ok = kl_block_careful<TX, TY>(x + b0, y + b0, len, st);
+      } else if (masked) {
+        ok = kl_block_fast1<TX, TY, true>(x + b0, y + b0, len, st, masked);
+      } else {
+        ok = kl_block_fast1<TX, TY, false>(x + b0, y + b0, len, st, masked);
+      }
     } else {
       ok = kl_block_careful<TX, TY>(x + b0, y + b0, len, st);
     }

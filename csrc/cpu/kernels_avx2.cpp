@@ -113,6 +113,8 @@ struct Vec {
   // The fast blocks of kernel_impl.h are AVX-512 only: declared, never defined.
   static vec exp2_fast(vec y);
   static constexpr bool kFastBlocks = false;
+  static constexpr bool kBf16Pairs = false;
+  static void load_pair(BF16T, const unsigned short* p, vec& even, vec& odd);  // never defined
   static constexpr bool kPrefetch = true;
 };
 

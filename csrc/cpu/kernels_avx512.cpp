@@ -6,8 +6,10 @@
 #if defined(LENSKIT_X86)
 #include <immintrin.h>
 
-// GCC 12 warns inside its own AVX-512 reduction intrinsics (_mm512_undefined_*): noise.
+// GCC 12 warns inside its own AVX-512 reduction intrinsics (_mm512_undefined_* is a
+// self-initialised variable): noise.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 
 #define LK_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
 #define LK_INLINE inline __attribute__((always_inline)) LK_TARGET
@@ -33,6 +35,13 @@ struct Vec {
         _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
     return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
   }
+  // 32 bf16 elements from one 64-byte load: the even ones in `even`, the odd ones in `odd`.
+  LK_INLINE static void load_pair(BF16T, const unsigned short* p, vec& even, vec& odd) {
+    const __m512i w = _mm512_loadu_si512(p);
+    even = _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+    odd = _mm512_castsi512_ps(_mm512_and_si512(w, _mm512_set1_epi32(static_cast<int>(0xFFFF0000u))));
+  }
+  static constexpr bool kBf16Pairs = true;
   // First n lanes from memory, the others -inf (a masked entry).
   LK_INLINE static vec load_tail(F32T, const float* p, int n) {
     return _mm512_mask_loadu_ps(set1(-__builtin_inff()), static_cast<mask>((1u << n) - 1), p);
