@@ -11,10 +11,13 @@ Run by ``make bench`` (not by the tests). Everything in the table is measured in
 * ``compile``: ``torch.compile(dynamic=False)`` of the log_softmax spelling (Inductor's fused
   kernel), compiled before timing.
 * ``read``: ``x.sum(-1)`` (kl_div: of both inputs), a plain read pass: the memory-bound floor.
+* ``lenskit AVX2`` (CPU, when the default kernels are AVX-512): the op with
+  ``LENSKIT_CPU_ISA=avx2``, what CPUs without AVX-512 run.
 
 Times are medians over ``--reps`` calls (``--eager-reps`` for eager) after one warm-up call;
 the contenders take turns call by call, so that drift on a shared machine hits all of them
-alike. Effective GB/s = bytes of the input(s) read once / time. The table goes to docs/benchmarks.md (section bench_kernels).
+alike. Effective GB/s = bytes of the input(s) read once / time. The table goes to
+docs/benchmarks.md (section bench_kernels).
 """
 
 from __future__ import annotations
@@ -116,6 +119,9 @@ def bench_case(op: str, shape, dtype, device, compiled, reps: int, eager_reps: i
     nbytes = sum(a.numel() * a.element_size() for a in args)
     fns = {"fast": fast, "eager0": eagers[0], "eager1": eagers[1], "comp": comp, "read": read_pass}
     reps_of = {"fast": reps, "eager0": eager_reps, "eager1": eager_reps, "comp": reps, "read": reps}
+    if with_avx2(device):
+        fns["avx2"] = capped_to_avx2(fast)
+        reps_of["avx2"] = reps
     t = interleaved_times(fns, args, reps_of)
     t_fast, t_comp, t_read = t["fast"], t["comp"], t["read"]
     t_eager = min(t["eager0"], t["eager1"])
@@ -130,18 +136,52 @@ def bench_case(op: str, shape, dtype, device, compiled, reps: int, eager_reps: i
         "read_gbs": nbytes / t_read / 1e9,
         "vs_eager": t_eager / t_fast,
         "vs_comp": t_comp / t_fast,
+        "avx2_ms": t["avx2"] * 1e3 if "avx2" in t else None,
     }
 
 
+def with_avx2(device: torch.device) -> bool:
+    """Whether to time the AVX2 kernels too (CPU, when the default kernels are AVX-512)."""
+    return (
+        device.type == "cpu"
+        and lenskit.backend(device) == "cpp"
+        and torch.ops.lenskit.cpu_isa() == "avx512"
+    )
+
+
+def capped_to_avx2(fn):
+    """fn run with LENSKIT_CPU_ISA=avx2 (read by the extension on every call)."""
+
+    def run(*args):
+        old = os.environ.get("LENSKIT_CPU_ISA")
+        os.environ["LENSKIT_CPU_ISA"] = "avx2"
+        try:
+            return fn(*args)
+        finally:
+            if old is None:
+                del os.environ["LENSKIT_CPU_ISA"]
+            else:
+                os.environ["LENSKIT_CPU_ISA"] = old
+
+    return run
+
+
 def table(rows: list[dict]) -> str:
+    avx2 = any(r["avx2_ms"] is not None for r in rows)
     head = (
         "| op | shape | dtype | lenskit ms | lenskit GB/s | read pass GB/s | eager ms | "
-        "compile ms | x eager | x compile |\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|\n"
+        "compile ms | x eager | x compile |"
+        + (" lenskit AVX2 ms |" if avx2 else "")
+        + "\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|"
+        + ("---:|" if avx2 else "")
+        + "\n"
     )
     body = "".join(
         f"| {r['op']} | {r['shape']} | {r['dtype']} | {r['fast_ms']:.1f} | {r['fast_gbs']:.1f} | "
         f"{r['read_gbs']:.1f} | {r['eager_ms']:.1f} | {r['comp_ms']:.1f} | "
-        f"{r['vs_eager']:.1f} | {r['vs_comp']:.1f} |\n"
+        f"{r['vs_eager']:.1f} | {r['vs_comp']:.1f} |"
+        + (f" {r['avx2_ms']:.1f} |" if avx2 else "")
+        + "\n"
         for r in rows
     )
     return head + body
@@ -203,7 +243,8 @@ def main() -> None:
         "bytes read once / time; x eager and x compile = their time / lenskit's time. eager = the faster of the log_softmax formula "
         "and torch.distributions.Categorical(...).entropy() (kl_div: F.kl_div(log_target=True)); "
         "compile = torch.compile of the log_softmax formula; read pass = x.sum(-1) over the "
-        "same input(s). See benchmarks/bench_kernels.py for the exact expressions.\n\n"
+        "same input(s); lenskit AVX2 = the same op with LENSKIT_CPU_ISA=avx2 (what CPUs "
+        "without AVX-512 run). See benchmarks/bench_kernels.py for the exact expressions.\n\n"
         + "\n".join(sections)
     )
     print(body)

@@ -154,7 +154,7 @@ __attribute__((noinline)) LK_TARGET static bool entropy_block_careful(
 //           Non-finite maxima (all -inf, +inf, NaN) or non-finite sums send the block to the
 //           careful code, which sorts out what happened (from the rescaled state: consistent).
 //   pass 2: e = 2^y with y = fma(x, L, -C), L = fp32(log2 e), C = fp32(m L): one rounding for
-//           the argument, and Vec::exp2_fast (8 instructions, no compares). The rounding of C
+//           the argument, and Vec::exp2_fast (no compares). The rounding of C
 //           (dC = m L - C, exact in double) is a common factor 2^dC of the block's
 //           exponentials and a shift dC of its y values; both are taken out in double. The
 //           t / u terms are accumulated in log2 units (y, or yp - yq) and divided by L.

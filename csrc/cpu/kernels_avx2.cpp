@@ -110,11 +110,35 @@ struct Vec {
     mask live;
     return exp_nonpos(z, live);
   }
-  // The fast blocks of kernel_impl.h are AVX-512 only: declared, never defined.
-  static vec exp2_fast(vec y);
-  static constexpr bool kFastBlocks = false;
-  static constexpr bool kBf16Pairs = false;
-  static void load_pair(BF16T, const unsigned short* p, vec& even, vec& odd);  // never defined
+  // 2^y for the fast blocks (y <= 127: a larger y only comes with a block max above the
+  // running max, and the callers discard such blocks): y = n + r with n = round(y),
+  // |r| <= 1/2, 2^r by the degree-5 polynomial of exp_nonpos (relative error 2.3e-7, constant
+  // term exactly 1, so 2^0 == 1), times 2^n built in the exponent bits. y is clamped below at
+  // -127 first, where 2^n is built as exactly 0: so y < -126.5 (and y == -inf) gives exactly
+  // 0. The clamp keeps NaN (max returns its second operand when one is NaN), and NaN / +inf
+  // give NaN (the callers test their sums for that).
+  LK_INLINE static vec exp2_fast(vec y) {
+    const vec yc = _mm256_max_ps(set1(-127.0f), y);
+    const vec fx = _mm256_round_ps(yc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const vec r = _mm256_sub_ps(yc, fx);
+    vec p = set1(1.3278165133669972e-3f);
+    p = _mm256_fmadd_ps(p, r, set1(9.675555862486362e-3f));
+    p = _mm256_fmadd_ps(p, r, set1(5.5507078766822815e-2f));
+    p = _mm256_fmadd_ps(p, r, set1(2.4022118747234344e-1f));
+    p = _mm256_fmadd_ps(p, r, set1(6.931469440460205e-1f));
+    p = _mm256_fmadd_ps(p, r, set1(1.0f));
+    const __m256i n = _mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127));
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(_mm256_slli_epi32(n, 23)));
+  }
+  // 16 bf16 elements from one 32-byte load: the even ones in `even`, the odd ones in `odd`.
+  LK_INLINE static void load_pair(BF16T, const unsigned short* p, vec& even, vec& odd) {
+    const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    even = _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+    odd = _mm256_castsi256_ps(
+        _mm256_and_si256(w, _mm256_set1_epi32(static_cast<int>(0xFFFF0000u))));
+  }
+  static constexpr bool kFastBlocks = true;
+  static constexpr bool kBf16Pairs = true;
   static constexpr bool kPrefetch = true;
 };
 

@@ -60,7 +60,7 @@ struct Vec {
     live = e > 0.0f;
     return e;
   }
-  // The fast blocks of kernel_impl.h are AVX-512 only: declared, never defined.
+  // The fast blocks of kernel_impl.h are for the vector ISAs: declared, never defined.
   static vec exp2_fast(vec y);
   static constexpr bool kFastBlocks = false;
   static constexpr bool kBf16Pairs = false;
