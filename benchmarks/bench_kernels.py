@@ -16,7 +16,8 @@ Run by ``make bench`` (not by the tests). Everything in the table is measured in
 
 Times are medians over ``--reps`` calls (``--eager-reps`` for eager) after one warm-up call;
 the contenders take turns call by call, so that drift on a shared machine hits all of them
-alike. Effective GB/s = bytes of the input(s) read once / time. The table goes to
+alike; each case is measured ``--rounds`` times and the table gives the medians over the
+rounds, with the range of the speed-up ratios. Effective GB/s = bytes of the input(s) read once / time. The table goes to
 docs/benchmarks.md (section bench_kernels).
 """
 
@@ -166,6 +167,23 @@ def capped_to_avx2(fn):
     return run
 
 
+def combine(runs: list[dict]) -> dict:
+    """One row from several rounds of a case: medians, and the range of the speed-up ratios."""
+    out = dict(runs[0])
+    for key in runs[0]:
+        vals = [r[key] for r in runs if isinstance(r[key], float)]
+        if vals:
+            out[key] = statistics.median(vals)
+    for key in ("vs_eager", "vs_comp"):
+        out[key + "_range"] = (min(r[key] for r in runs), max(r[key] for r in runs))
+    return out
+
+
+def _ratio(r: dict, key: str) -> str:
+    lo, hi = r[key + "_range"]
+    return f"{r[key]:.1f}" if lo == hi else f"{r[key]:.1f} ({lo:.1f}-{hi:.1f})"
+
+
 def table(rows: list[dict]) -> str:
     avx2 = any(r["avx2_ms"] is not None for r in rows)
     head = (
@@ -179,7 +197,7 @@ def table(rows: list[dict]) -> str:
     body = "".join(
         f"| {r['op']} | {r['shape']} | {r['dtype']} | {r['fast_ms']:.1f} | {r['fast_gbs']:.1f} | "
         f"{r['read_gbs']:.1f} | {r['eager_ms']:.1f} | {r['comp_ms']:.1f} | "
-        f"{r['vs_eager']:.1f} | {r['vs_comp']:.1f} |"
+        f"{_ratio(r, 'vs_eager')} | {_ratio(r, 'vs_comp')} |"
         + (f" {r['avx2_ms']:.1f} |" if avx2 else "")
         + "\n"
         for r in rows
@@ -191,6 +209,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=11, help="timed calls per lenskit/compile case")
     ap.add_argument("--eager-reps", type=int, default=3, help="timed calls per eager case")
+    ap.add_argument(
+        "--rounds", type=int, default=3, help="measurements of each case (medians are reported)"
+    )
     ap.add_argument("--no-write", action="store_true", help="print only, leave the doc alone")
     args = ap.parse_args()
 
@@ -216,15 +237,18 @@ def main() -> None:
         rows = []
         for shape, dtype in cases:
             for op in ("entropy", "kl_div"):
-                r = bench_case(op, shape, dtype, dev, compiled, args.reps, args.eager_reps)
-                print(
-                    f"{dev.type} {op} {r['shape']} {r['dtype']}: lenskit {r['fast_ms']:.1f} ms "
-                    f"({r['fast_gbs']:.1f} GB/s, read pass {r['read_gbs']:.1f} GB/s), eager "
-                    f"{r['eager_ms']:.1f} ms (x{r['vs_eager']:.1f}), compile {r['comp_ms']:.1f} ms "
-                    f"(x{r['vs_comp']:.1f})",
-                    flush=True,
-                )
-                rows.append(r)
+                runs = []
+                for _ in range(args.rounds):
+                    r = bench_case(op, shape, dtype, dev, compiled, args.reps, args.eager_reps)
+                    print(
+                        f"{dev.type} {op} {r['shape']} {r['dtype']}: lenskit {r['fast_ms']:.1f} "
+                        f"ms ({r['fast_gbs']:.1f} GB/s, read pass {r['read_gbs']:.1f} GB/s), "
+                        f"eager {r['eager_ms']:.1f} ms (x{r['vs_eager']:.1f}), compile "
+                        f"{r['comp_ms']:.1f} ms (x{r['vs_comp']:.1f})",
+                        flush=True,
+                    )
+                    runs.append(r)
+                rows.append(combine(runs))
         title = f"### {dev.type.upper()} (backend {lenskit.backend(dev)}"
         if dev.type == "cpu" and lenskit.backend(dev) == "cpp":
             title += f", kernels {torch.ops.lenskit.cpu_isa()}"
@@ -239,7 +263,9 @@ def main() -> None:
     )
     body = (
         f"{stamp()} Shared machine: {load}.\n\n"
-        "Median wall time per call, the contenders taking turns call by call; GB/s = input "
+        f"Each case measured in {args.rounds} rounds; every figure is the median over the "
+        "rounds of the median wall time per call, the contenders taking turns call by call "
+        "(the ranges in brackets: lowest and highest ratio of the rounds); GB/s = input "
         "bytes read once / time; x eager and x compile = their time / lenskit's time. eager = the faster of the log_softmax formula "
         "and torch.distributions.Categorical(...).entropy() (kl_div: F.kl_div(log_target=True)); "
         "compile = torch.compile of the log_softmax formula; read pass = x.sum(-1) over the "
