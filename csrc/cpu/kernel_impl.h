@@ -236,6 +236,24 @@ __attribute__((noinline)) LK_TARGET static bool entropy_block_fast(
   return true;
 }
 
+// The reference of the single-pass exp code for a running max m: C = fp32(m L), dC = m L - C
+// and 2^-dC (see entropy_block_fast), recomputed only when m changes (a few times a row)
+// instead of once a block.
+struct FastRef {
+  float m = __builtin_nanf("");
+  float c = 0;
+  double dc = 0;
+  double f = 1;  // 2^-dC
+  LK_INLINE void set(float mm) {
+    if (mm == m) return;
+    m = mm;
+    const double mL = static_cast<double>(mm) * kLog2eD;
+    c = static_cast<float>(mL);
+    dc = mL - static_cast<double>(c);
+    f = __builtin_exp2(-dc);
+  }
+};
+
 // Element layout of the single-pass loads: two vectors of 2W consecutive elements. For bf16
 // (Vec::kBf16Pairs) one 64-byte load gives both, as the even and the odd elements (a shift
 // and a mask instead of two widening shuffles, which cost more than the exponential on some
@@ -282,17 +300,14 @@ LK_INLINE static typename Vec::vec acc_live(typename Vec::vec t, typename Vec::v
 // code sets `masked` (the row has -inf entries) for the rest of the segment.
 template <class T, bool Masked>
 LK_INLINE static bool entropy_block_fast1(const typename T::storage* xb, int64_t len,
-                                          EntropyState& st, bool& masked) {
+                                          EntropyState& st, bool& masked, const FastRef& ref) {
   using vec = typename Vec::vec;
   constexpr int64_t W = Vec::W;
   constexpr bool pairs = PairLoad<T>::value;
   const int64_t nfull = len / W * W;
   const int tail = static_cast<int>(len - nfull);
-  const double mL = static_cast<double>(st.m) * kLog2eD;
-  const float c = static_cast<float>(mL);
-  const double dc = mL - static_cast<double>(c);
   const vec vl = Vec::set1(static_cast<float>(kLog2eD));
-  const vec vnc = Vec::set1(-c);
+  const vec vnc = Vec::set1(-ref.c);
   const vec ninf = Vec::set1(kNegInf);
   vec s0 = Vec::zero(), s1 = Vec::zero(), t0 = Vec::zero(), t1 = Vec::zero();
   vec m0 = ninf, m1 = ninf;
@@ -329,16 +344,16 @@ LK_INLINE static bool entropy_block_fast1(const typename T::storage* xb, int64_t
     s1 = Vec::add(s1, e1);
     t1 = acc_live<true>(t1, x1, e1, y1);
   }
-  const float bmax = Vec::reduce_max(Vec::max(m0, m1));
+  // A NaN may be dropped by the vector max, but then it is in the sums.
+  const bool new_max = Vec::any_gt(Vec::max(m0, m1), Vec::set1(st.m));
   const float sb = Vec::reduce_add(Vec::add(s0, s1));
   const float tb = Vec::reduce_add(Vec::add(t0, t1));
-  if (!(bmax <= st.m && __builtin_isfinite(sb) && __builtin_isfinite(tb))) {
+  if (new_max || !(__builtin_isfinite(sb) && __builtin_isfinite(tb))) {
     if (!Masked && !__builtin_isfinite(tb)) masked = true;
     return entropy_block_fast<T>(xb, len, st);
   }
-  const double f = __builtin_exp2(-dc);
-  st.s += f * static_cast<double>(sb);
-  st.t += f * (static_cast<double>(tb) - dc * static_cast<double>(sb)) / kLog2eD;
+  st.s += ref.f * static_cast<double>(sb);
+  st.t += ref.f * (static_cast<double>(tb) - ref.dc * static_cast<double>(sb)) / kLog2eD;
   return true;
 }
 
@@ -347,16 +362,17 @@ LK_TARGET static void entropy_segment_t(const void* xv, int64_t n, EntropyState&
   using S = typename T::storage;
   const S* x = static_cast<const S*>(xv);
   [[maybe_unused]] bool masked = false;
+  [[maybe_unused]] FastRef ref;
   for (int64_t b0 = 0; b0 < n; b0 += kBlock) {
     const int64_t len = lk_min(kBlock, n - b0);
     bool ok;
     if constexpr (Vec::kFastBlocks) {
       if (!(st.m > kNegInf)) {
         ok = entropy_block_careful<T>(x + b0, len, st);
-      } else if (masked) {
-        ok = entropy_block_fast1<T, true>(x + b0, len, st, masked);
       } else {
-        ok = entropy_block_fast1<T, false>(x + b0, len, st, masked);
+        ref.set(st.m);
+        ok = masked ? entropy_block_fast1<T, true>(x + b0, len, st, masked, ref)
+                    : entropy_block_fast1<T, false>(x + b0, len, st, masked, ref);
       }
     } else {
       ok = entropy_block_careful<T>(x + b0, len, st);
@@ -655,18 +671,14 @@ __attribute__((noinline)) LK_TARGET static bool kl_block_fast(
 template <class TX, class TY, bool Masked>
 LK_INLINE static bool kl_block_fast1(const typename TX::storage* xb,
                                      const typename TY::storage* yb, int64_t len, KLState& st,
-                                     bool& masked) {
+                                     bool& masked, const FastRef& rp, const FastRef& rq) {
   using vec = typename Vec::vec;
   constexpr int64_t W = Vec::W;
   constexpr bool pairs = PairLoad<TX>::value && PairLoad<TY>::value;
   const int64_t nfull = len / W * W;
   const int tail = static_cast<int>(len - nfull);
-  const double mlp = static_cast<double>(st.mp) * kLog2eD;
-  const double mlq = static_cast<double>(st.mq) * kLog2eD;
-  const float cp = static_cast<float>(mlp), cq = static_cast<float>(mlq);
-  const double dcp = mlp - static_cast<double>(cp), dcq = mlq - static_cast<double>(cq);
   const vec vl = Vec::set1(static_cast<float>(kLog2eD));
-  const vec vncp = Vec::set1(-cp), vncq = Vec::set1(-cq);
+  const vec vncp = Vec::set1(-rp.c), vncq = Vec::set1(-rq.c);
   const vec ninf = Vec::set1(kNegInf);
   vec sp0 = Vec::zero(), sp1 = Vec::zero(), sq0 = Vec::zero(), sq1 = Vec::zero();
   vec u0 = Vec::zero(), u1 = Vec::zero();
@@ -720,20 +732,20 @@ LK_INLINE static bool kl_block_fast1(const typename TX::storage* xb,
     sq1 = Vec::add(sq1, Vec::exp2_fast(yq1));
     u1 = acc_live<true>(u1, a1, ep1, Vec::sub(yp1, yq1));
   }
-  const float bmp = Vec::reduce_max(Vec::max(mp0, mp1));
-  const float bmq = Vec::reduce_max(Vec::max(mq0, mq1));
+  // A NaN may be dropped by the vector max, but then it is in the sums.
+  const bool new_max = Vec::any_gt(Vec::max(mp0, mp1), Vec::set1(st.mp)) ||
+                       Vec::any_gt(Vec::max(mq0, mq1), Vec::set1(st.mq));
   const float spb = Vec::reduce_add(Vec::add(sp0, sp1));
   const float sqb = Vec::reduce_add(Vec::add(sq0, sq1));
   const float ub = Vec::reduce_add(Vec::add(u0, u1));
-  if (!(bmp <= st.mp && bmq <= st.mq && __builtin_isfinite(spb) && __builtin_isfinite(sqb) &&
-        __builtin_isfinite(ub))) {
+  if (new_max ||
+      !(__builtin_isfinite(spb) && __builtin_isfinite(sqb) && __builtin_isfinite(ub))) {
     if (!Masked && !__builtin_isfinite(ub)) masked = true;
     return kl_block_fast<TX, TY>(xb, yb, len, st);
   }
-  const double fp = __builtin_exp2(-dcp);
-  st.sp += fp * static_cast<double>(spb);
-  st.sq += __builtin_exp2(-dcq) * static_cast<double>(sqb);
-  st.u += fp * (static_cast<double>(ub) - (dcp - dcq) * static_cast<double>(spb)) / kLog2eD;
+  st.sp += rp.f * static_cast<double>(spb);
+  st.sq += rq.f * static_cast<double>(sqb);
+  st.u += rp.f * (static_cast<double>(ub) - (rp.dc - rq.dc) * static_cast<double>(spb)) / kLog2eD;
   return true;
 }
 
@@ -744,16 +756,18 @@ LK_TARGET static void kl_segment_t(const void* xv, const void* yv, int64_t n, KL
   const SX* x = static_cast<const SX*>(xv);
   const SY* y = static_cast<const SY*>(yv);
   [[maybe_unused]] bool masked = false;
+  [[maybe_unused]] FastRef rp, rq;
   for (int64_t b0 = 0; b0 < n; b0 += kBlockKL) {
     const int64_t len = lk_min(kBlockKL, n - b0);
     bool ok;
     if constexpr (Vec::kFastBlocks) {
       if (!(st.mp > kNegInf && st.mq > kNegInf && !st.q_dead)) {
         ok = kl_block_careful<TX, TY>(x + b0, y + b0, len, st);
-      } else if (masked) {
-        ok = kl_block_fast1<TX, TY, true>(x + b0, y + b0, len, st, masked);
       } else {
-        ok = kl_block_fast1<TX, TY, false>(x + b0, y + b0, len, st, masked);
+        rp.set(st.mp);
+        rq.set(st.mq);
+        ok = masked ? kl_block_fast1<TX, TY, true>(x + b0, y + b0, len, st, masked, rp, rq)
+                    : kl_block_fast1<TX, TY, false>(x + b0, y + b0, len, st, masked, rp, rq);
       }
     } else {
       ok = kl_block_careful<TX, TY>(x + b0, y + b0, len, st);

@@ -59,6 +59,10 @@ struct Vec {
   LK_INLINE static mask mask_or(mask a, mask b) { return _mm256_or_ps(a, b); }
   LK_INLINE static mask mask_and(mask a, mask b) { return _mm256_and_ps(a, b); }
   LK_INLINE static bool any(mask a) { return _mm256_movemask_ps(a) != 0; }
+  // Some lane of a is > the same lane of b (false for NaN lanes).
+  LK_INLINE static bool any_gt(vec a, vec b) {
+    return _mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_GT_OQ)) != 0;
+  }
   LK_INLINE static mask unord(vec a) { return _mm256_cmp_ps(a, a, _CMP_UNORD_Q); }
   // True in lanes where a or b is NaN (one compare for two vectors).
   LK_INLINE static mask unord2(vec a, vec b) { return _mm256_cmp_ps(a, b, _CMP_UNORD_Q); }

@@ -46,6 +46,7 @@ struct Vec {
   LK_INLINE static mask mask_or(mask a, mask b) { return a || b; }
   LK_INLINE static mask mask_and(mask a, mask b) { return a && b; }
   LK_INLINE static bool any(mask a) { return a; }
+  LK_INLINE static bool any_gt(vec a, vec b) { return a > b; }
   LK_INLINE static mask unord(vec a) { return a != a; }
   // True in lanes where a or b is NaN (one compare for two vectors).
   LK_INLINE static mask unord2(vec a, vec b) { return a != a || b != b; }
