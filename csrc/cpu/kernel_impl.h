@@ -23,9 +23,8 @@
 //          pass 2 (from L1): e = exp(x - m) with exp(-inf) == 0 exactly, s += e, t += e (x - m).
 // Blocks that are all -inf are skipped; masked entries contribute 0 through selects. The
 // single-pass and two-pass codes drop every check from their loops and use a cheaper
-// exponential; both compute the same sums against the same m, so the results do not depend
-// on which of them took a block (but for the summation order of bf16 rows, which the single
-// pass loads as even and odd elements).
+// exponential; they share one exp pass against the same m, so the results do not depend on
+// which of them took a block.
 
 constexpr float kNegInf = -__builtin_inff();
 constexpr float kPosInf = __builtin_inff();
@@ -147,98 +146,23 @@ __attribute__((noinline)) LK_TARGET static bool entropy_block_careful(
 }
 
 // Fast blocks (ISAs with Vec::kFastBlocks), used once the running maxima are finite (after
-// the first block of a row). Same two passes, with nothing but the work in either loop:
-//   pass 1: block max only. A NaN may be dropped by the vector max, but then it reaches the
-//           exp pass: a NaN or +inf input gives a NaN / +inf exponential, hence a non-finite
-//           block sum; a masked q entry under a live p entry gives an infinite or NaN u term.
-//           Non-finite maxima (all -inf, +inf, NaN) or non-finite sums send the block to the
-//           careful code, which sorts out what happened (from the rescaled state: consistent).
-//   pass 2: e = 2^y with y = fma(x, L, -C), L = fp32(log2 e), C = fp32(m L): one rounding for
-//           the argument, and Vec::exp2_fast (no compares). The rounding of C
-//           (dC = m L - C, exact in double) is a common factor 2^dC of the block's
-//           exponentials and a shift dC of its y values; both are taken out in double. The
-//           t / u terms are accumulated in log2 units (y, or yp - yq) and divided by L.
+// the first block of a row). Nothing but the work in their loops:
+//   max: A NaN may be dropped by the vector max, but then it reaches the exp pass: a NaN or
+//        +inf input gives a NaN / +inf exponential, hence a non-finite block sum; a masked q
+//        entry under a live p entry gives an infinite or NaN u term. Non-finite maxima
+//        (all -inf, +inf, NaN) or non-finite sums send the block to the careful code, which
+//        sorts out what happened (from the rescaled state: consistent).
+//   exp pass: e = 2^y with y = fma(x, L, -C), L = fp32(log2 e), C = fp32(m L): one rounding
+//        for the argument, and Vec::exp2_fast (no compares). The rounding of C (dC = m L - C,
+//        exact in double) is a common factor 2^dC of the block's exponentials and a shift dC
+//        of its y values; both are taken out in double. The t / u terms are accumulated in
+//        log2 units (y, or yp - yq) and divided by L.
+// The single-pass and the two-pass blocks share one exp pass (entropy_exp_pass, kl_exp_pass)
+// and one commit, so a block gives the same sums whichever of them takes it.
 constexpr double kLog2eD = static_cast<double>(1.44269504088896341f);  // L, in double
 
-template <class T>
-__attribute__((noinline)) LK_TARGET static bool entropy_block_fast(
-    const typename T::storage* xb, int64_t len, EntropyState& st) {
-  using vec = typename Vec::vec;
-  constexpr int64_t W = Vec::W;
-  const int64_t nfull = len / W * W;
-  const int tail = static_cast<int>(len - nfull);
-  // Pass 1: block max only (NaN / +inf / all -inf blocks go to the careful code).
-  {
-    const vec ninf = Vec::set1(kNegInf);
-    vec m0 = ninf, m1 = ninf, m2 = ninf, m3 = ninf;
-    int64_t i = 0;
-    for (; i + 4 * W <= nfull; i += 4 * W) {
-      m0 = Vec::max(m0, Vec::load(T{}, xb + i));
-      m1 = Vec::max(m1, Vec::load(T{}, xb + i + W));
-      m2 = Vec::max(m2, Vec::load(T{}, xb + i + 2 * W));
-      m3 = Vec::max(m3, Vec::load(T{}, xb + i + 3 * W));
-    }
-    for (; i < nfull; i += W) m0 = Vec::max(m0, Vec::load(T{}, xb + i));
-    if (tail) m1 = Vec::max(m1, Vec::load_tail(T{}, xb + nfull, tail));
-    const float bmax = Vec::reduce_max(Vec::max(Vec::max(m0, m1), Vec::max(m2, m3)));
-    if (!(bmax > kNegInf && bmax < kPosInf)) return entropy_block_careful<T>(xb, len, st);
-    if (bmax > st.m) {
-      const double dm = static_cast<double>(st.m) - static_cast<double>(bmax);
-      const double cm = __builtin_exp(dm);
-      st.t = cm * (st.t + dm * st.s);
-      st.s *= cm;
-      st.m = bmax;
-    }
-  }
-  // Pass 2, from L1.
-  const double mL = static_cast<double>(st.m) * kLog2eD;
-  const float c = static_cast<float>(mL);
-  const double dc = mL - static_cast<double>(c);
-  const vec vl = Vec::set1(static_cast<float>(kLog2eD));
-  const vec vnc = Vec::set1(-c);
-  vec s0 = Vec::zero(), s1 = Vec::zero(), t0 = Vec::zero(), t1 = Vec::zero();
-  int64_t i = 0;
-  for (; i + 2 * W <= nfull; i += 2 * W) {
-    prefetch_span<2 * W, LK_KL_PREFETCH_LOCALITY>(xb + kBlock + i);
-    const vec x0 = Vec::load(T{}, xb + i);
-    const vec x1 = Vec::load(T{}, xb + i + W);
-    const vec y0 = Vec::fmadd(x0, vl, vnc);
-    const vec y1 = Vec::fmadd(x1, vl, vnc);
-    const vec e0 = Vec::exp2_fast(y0);
-    const vec e1 = Vec::exp2_fast(y1);
-    s0 = Vec::add(s0, e0);
-    s1 = Vec::add(s1, e1);
-    t0 = Vec::mask_fmadd(t0, Vec::not_neginf(x0), e0, y0);
-    t1 = Vec::mask_fmadd(t1, Vec::not_neginf(x1), e1, y1);
-  }
-  for (; i < nfull; i += W) {
-    const vec x0 = Vec::load(T{}, xb + i);
-    const vec y0 = Vec::fmadd(x0, vl, vnc);
-    const vec e0 = Vec::exp2_fast(y0);
-    s0 = Vec::add(s0, e0);
-    t0 = Vec::mask_fmadd(t0, Vec::not_neginf(x0), e0, y0);
-  }
-  if (tail) {
-    const vec x1 = Vec::load_tail(T{}, xb + nfull, tail);
-    const vec y1 = Vec::fmadd(x1, vl, vnc);
-    const vec e1 = Vec::exp2_fast(y1);
-    s1 = Vec::add(s1, e1);
-    t1 = Vec::mask_fmadd(t1, Vec::not_neginf(x1), e1, y1);
-  }
-  const float sb = Vec::reduce_add(Vec::add(s0, s1));
-  const float tb = Vec::reduce_add(Vec::add(t0, t1));
-  if (!(__builtin_isfinite(sb) && __builtin_isfinite(tb))) {
-    return entropy_block_careful<T>(xb, len, st);
-  }
-  const double f = __builtin_exp2(-dc);
-  st.s += f * static_cast<double>(sb);
-  st.t += f * (static_cast<double>(tb) - dc * static_cast<double>(sb)) / kLog2eD;
-  return true;
-}
-
-// The reference of the single-pass exp code for a running max m: C = fp32(m L), dC = m L - C
-// and 2^-dC (see entropy_block_fast), recomputed only when m changes (a few times a row)
-// instead of once a block.
+// The reference of the exp pass for a running max m: C = fp32(m L), dC = m L - C and 2^-dC,
+// recomputed only when m changes (a few times a row) instead of once a block.
 struct FastRef {
   float m = __builtin_nanf("");
   float c = 0;
@@ -254,11 +178,11 @@ struct FastRef {
   }
 };
 
-// Element layout of the single-pass loads: two vectors of 2W consecutive elements. For bf16
-// (Vec::kBf16Pairs) one 64-byte load gives both, as the even and the odd elements (a shift
-// and a mask instead of two widening shuffles, which cost more than the exponential on some
-// CPUs). Sums and maxima do not care about the order; kl_div pairs p and q elements
-// correctly only when both rows use the same layout, hence the pair trait on both types.
+// Element layout of the exp pass loads: two vectors of 2W consecutive elements. For bf16
+// (Vec::kBf16Pairs) one load gives both, as the even and the odd elements (a shift and a
+// mask instead of two widening shuffles, which cost more than the exponential on some CPUs).
+// Sums and maxima do not care about the order; kl_div pairs p and q elements correctly only
+// when both rows use the same layout, hence the pair trait on both types.
 template <class T>
 struct PairLoad {
   static constexpr bool value = false;
@@ -281,6 +205,7 @@ LK_INLINE static void load2(const typename T::storage* p, typename Vec::vec& a,
 
 // t += e y where the entry is live; without Masked, a plain fma (a -inf entry then gives
 // 0 * -inf = NaN, which hands the block back and switches the row to the masked code).
+// Both give the same sum on blocks without -inf entries.
 template <bool Masked>
 LK_INLINE static typename Vec::vec acc_live(typename Vec::vec t, typename Vec::vec x,
                                             typename Vec::vec e, typename Vec::vec y) {
@@ -291,16 +216,12 @@ LK_INLINE static typename Vec::vec acc_live(typename Vec::vec t, typename Vec::v
   }
 }
 
-// Single-pass fast block: the exp pass runs against the running max st.m straight from
-// memory, with the block max taken on the side, so that no separate max pass re-reads the
-// block. Only when the block max exceeds st.m (a new row max: rare after the first blocks of
-// a row) or a sum is not finite is the block handed to the two-pass code above, which then
-// finds it in L1/L2; otherwise the sums are those of entropy_block_fast's pass 2 (same st.m;
-// bit-identical but for the summation order of bf16). A non-finite t sum in the unmasked
-// code sets `masked` (the row has -inf entries) for the rest of the segment.
+// The exp pass of the fast entropy blocks against ref, prefetching the next block: the block
+// sums sb = sum 2^y, tb = sum 2^y y (y in log2 units, see above) and the lane-wise block max.
 template <class T, bool Masked>
-LK_INLINE static bool entropy_block_fast1(const typename T::storage* xb, int64_t len,
-                                          EntropyState& st, bool& masked, const FastRef& ref) {
+LK_INLINE static void entropy_exp_pass(const typename T::storage* xb, int64_t len,
+                                       const FastRef& ref, float& sb, float& tb,
+                                       typename Vec::vec& mx) {
   using vec = typename Vec::vec;
   constexpr int64_t W = Vec::W;
   constexpr bool pairs = PairLoad<T>::value;
@@ -344,16 +265,77 @@ LK_INLINE static bool entropy_block_fast1(const typename T::storage* xb, int64_t
     s1 = Vec::add(s1, e1);
     t1 = acc_live<true>(t1, x1, e1, y1);
   }
+  sb = Vec::reduce_add(Vec::add(s0, s1));
+  tb = Vec::reduce_add(Vec::add(t0, t1));
+  mx = Vec::max(m0, m1);
+}
+
+LK_INLINE static void entropy_commit(EntropyState& st, const FastRef& ref, float sb, float tb) {
+  st.s += ref.f * static_cast<double>(sb);
+  st.t += ref.f * (static_cast<double>(tb) - ref.dc * static_cast<double>(sb)) / kLog2eD;
+}
+
+// Two-pass fast block: a max pass (and the rescale to a new max), then the exp pass from L1.
+template <class T>
+__attribute__((noinline)) LK_TARGET static bool entropy_block_fast(
+    const typename T::storage* xb, int64_t len, EntropyState& st) {
+  using vec = typename Vec::vec;
+  constexpr int64_t W = Vec::W;
+  const int64_t nfull = len / W * W;
+  const int tail = static_cast<int>(len - nfull);
+  {
+    const vec ninf = Vec::set1(kNegInf);
+    vec m0 = ninf, m1 = ninf, m2 = ninf, m3 = ninf;
+    int64_t i = 0;
+    for (; i + 4 * W <= nfull; i += 4 * W) {
+      m0 = Vec::max(m0, Vec::load(T{}, xb + i));
+      m1 = Vec::max(m1, Vec::load(T{}, xb + i + W));
+      m2 = Vec::max(m2, Vec::load(T{}, xb + i + 2 * W));
+      m3 = Vec::max(m3, Vec::load(T{}, xb + i + 3 * W));
+    }
+    for (; i < nfull; i += W) m0 = Vec::max(m0, Vec::load(T{}, xb + i));
+    if (tail) m1 = Vec::max(m1, Vec::load_tail(T{}, xb + nfull, tail));
+    const float bmax = Vec::reduce_max(Vec::max(Vec::max(m0, m1), Vec::max(m2, m3)));
+    if (!(bmax > kNegInf && bmax < kPosInf)) return entropy_block_careful<T>(xb, len, st);
+    if (bmax > st.m) {
+      const double dm = static_cast<double>(st.m) - static_cast<double>(bmax);
+      const double cm = __builtin_exp(dm);
+      st.t = cm * (st.t + dm * st.s);
+      st.s *= cm;
+      st.m = bmax;
+    }
+  }
+  FastRef ref;
+  ref.set(st.m);
+  float sb, tb;
+  vec mx;
+  entropy_exp_pass<T, true>(xb, len, ref, sb, tb, mx);
+  if (!(__builtin_isfinite(sb) && __builtin_isfinite(tb))) {
+    return entropy_block_careful<T>(xb, len, st);
+  }
+  entropy_commit(st, ref, sb, tb);
+  return true;
+}
+
+// Single-pass fast block: the exp pass runs against the running max st.m straight from
+// memory, with the block max taken on the side, so that no separate max pass re-reads the
+// block. Only when the block max exceeds st.m (a new row max: rare after the first blocks of
+// a row) or a sum is not finite is the block handed to the two-pass code above, which then
+// finds it in L1/L2. A non-finite t sum in the unmasked code sets `masked` (the row has -inf
+// entries) for the rest of the segment.
+template <class T, bool Masked>
+LK_INLINE static bool entropy_block_fast1(const typename T::storage* xb, int64_t len,
+                                          EntropyState& st, bool& masked, const FastRef& ref) {
+  float sb, tb;
+  typename Vec::vec mx;
+  entropy_exp_pass<T, Masked>(xb, len, ref, sb, tb, mx);
   // A NaN may be dropped by the vector max, but then it is in the sums.
-  const bool new_max = Vec::any_gt(Vec::max(m0, m1), Vec::set1(st.m));
-  const float sb = Vec::reduce_add(Vec::add(s0, s1));
-  const float tb = Vec::reduce_add(Vec::add(t0, t1));
+  const bool new_max = Vec::any_gt(mx, Vec::set1(st.m));
   if (new_max || !(__builtin_isfinite(sb) && __builtin_isfinite(tb))) {
     if (!Masked && !__builtin_isfinite(tb)) masked = true;
     return entropy_block_fast<T>(xb, len, st);
   }
-  st.s += ref.f * static_cast<double>(sb);
-  st.t += ref.f * (static_cast<double>(tb) - ref.dc * static_cast<double>(sb)) / kLog2eD;
+  entropy_commit(st, ref, sb, tb);
   return true;
 }
 
@@ -549,129 +531,15 @@ __attribute__((noinline)) LK_TARGET static bool kl_block_careful(
   return true;
 }
 
-// Fast KL block (see entropy_block_fast): needs finite mp and mq and no q-dead entry so
-// far. u is accumulated in log2 units against y values that carry the shifts dCp and dCq,
-// both taken out in double. p == q gives bit-identical p and q sides, so KL(p, p) == 0.
-template <class TX, class TY>
-__attribute__((noinline)) LK_TARGET static bool kl_block_fast(
-    const typename TX::storage* xb, const typename TY::storage* yb, int64_t len, KLState& st) {
-  using vec = typename Vec::vec;
-  constexpr int64_t W = Vec::W;
-  const int64_t nfull = len / W * W;
-  const int tail = static_cast<int>(len - nfull);
-  // Pass 1: the two block maxima only (NaN / +inf / all -inf go to the careful code).
-  {
-    const vec ninf = Vec::set1(kNegInf);
-    vec mp0 = ninf, mp1 = ninf, mq0 = ninf, mq1 = ninf;
-    int64_t i = 0;
-    for (; i + 2 * W <= nfull; i += 2 * W) {
-      mp0 = Vec::max(mp0, Vec::load(TX{}, xb + i));
-      mp1 = Vec::max(mp1, Vec::load(TX{}, xb + i + W));
-      mq0 = Vec::max(mq0, Vec::load(TY{}, yb + i));
-      mq1 = Vec::max(mq1, Vec::load(TY{}, yb + i + W));
-    }
-    for (; i < nfull; i += W) {
-      mp0 = Vec::max(mp0, Vec::load(TX{}, xb + i));
-      mq0 = Vec::max(mq0, Vec::load(TY{}, yb + i));
-    }
-    if (tail) {
-      mp1 = Vec::max(mp1, Vec::load_tail(TX{}, xb + nfull, tail));
-      mq1 = Vec::max(mq1, Vec::load_tail(TY{}, yb + nfull, tail));
-    }
-    const float bmp = Vec::reduce_max(Vec::max(mp0, mp1));
-    const float bmq = Vec::reduce_max(Vec::max(mq0, mq1));
-    if (!(bmp > kNegInf && bmp < kPosInf && bmq > kNegInf && bmq < kPosInf)) {
-      return kl_block_careful<TX, TY>(xb, yb, len, st);
-    }
-    // New maxima: u' = c_p (u + (dm_p - dm_q) s_p), s_p' = c_p s_p, s_q' = c_q s_q (one
-    // formula for both sides, so that equal p and q keep u exactly 0).
-    if (bmp > st.mp || bmq > st.mq) {
-      double dmp = 0, dmq = 0;
-      if (bmp > st.mp) {
-        dmp = static_cast<double>(st.mp) - static_cast<double>(bmp);
-        st.mp = bmp;
-      }
-      if (bmq > st.mq) {
-        dmq = static_cast<double>(st.mq) - static_cast<double>(bmq);
-        st.mq = bmq;
-      }
-      const double c = __builtin_exp(dmp);
-      st.u = c * (st.u + (dmp - dmq) * st.sp);
-      st.sp *= c;
-      st.sq *= __builtin_exp(dmq);
-    }
-  }
-  // Pass 2, from L1.
-  const double mlp = static_cast<double>(st.mp) * kLog2eD;
-  const double mlq = static_cast<double>(st.mq) * kLog2eD;
-  const float cp = static_cast<float>(mlp), cq = static_cast<float>(mlq);
-  const double dcp = mlp - static_cast<double>(cp), dcq = mlq - static_cast<double>(cq);
-  const vec vl = Vec::set1(static_cast<float>(kLog2eD));
-  const vec vncp = Vec::set1(-cp), vncq = Vec::set1(-cq);
-  vec sp0 = Vec::zero(), sp1 = Vec::zero(), sq0 = Vec::zero(), sq1 = Vec::zero();
-  vec u0 = Vec::zero(), u1 = Vec::zero();
-  int64_t i = 0;
-  for (; i + 2 * W <= nfull; i += 2 * W) {
-    prefetch_span<2 * W, LK_KL_PREFETCH_LOCALITY>(xb + kBlockKL + i);
-    prefetch_span<2 * W, LK_KL_PREFETCH_LOCALITY>(yb + kBlockKL + i);
-    const vec a0 = Vec::load(TX{}, xb + i);
-    const vec a1 = Vec::load(TX{}, xb + i + W);
-    const vec b0 = Vec::load(TY{}, yb + i);
-    const vec b1 = Vec::load(TY{}, yb + i + W);
-    const vec yp0 = Vec::fmadd(a0, vl, vncp);
-    const vec yp1 = Vec::fmadd(a1, vl, vncp);
-    const vec yq0 = Vec::fmadd(b0, vl, vncq);
-    const vec yq1 = Vec::fmadd(b1, vl, vncq);
-    const vec ep0 = Vec::exp2_fast(yp0);
-    const vec ep1 = Vec::exp2_fast(yp1);
-    sp0 = Vec::add(sp0, ep0);
-    sp1 = Vec::add(sp1, ep1);
-    sq0 = Vec::add(sq0, Vec::exp2_fast(yq0));
-    sq1 = Vec::add(sq1, Vec::exp2_fast(yq1));
-    u0 = Vec::mask_fmadd(u0, Vec::not_neginf(a0), ep0, Vec::sub(yp0, yq0));
-    u1 = Vec::mask_fmadd(u1, Vec::not_neginf(a1), ep1, Vec::sub(yp1, yq1));
-  }
-  for (; i < nfull; i += W) {
-    const vec a0 = Vec::load(TX{}, xb + i);
-    const vec b0 = Vec::load(TY{}, yb + i);
-    const vec yp0 = Vec::fmadd(a0, vl, vncp);
-    const vec yq0 = Vec::fmadd(b0, vl, vncq);
-    const vec ep0 = Vec::exp2_fast(yp0);
-    sp0 = Vec::add(sp0, ep0);
-    sq0 = Vec::add(sq0, Vec::exp2_fast(yq0));
-    u0 = Vec::mask_fmadd(u0, Vec::not_neginf(a0), ep0, Vec::sub(yp0, yq0));
-  }
-  if (tail) {
-    const vec a1 = Vec::load_tail(TX{}, xb + nfull, tail);
-    const vec b1 = Vec::load_tail(TY{}, yb + nfull, tail);
-    const vec yp1 = Vec::fmadd(a1, vl, vncp);
-    const vec yq1 = Vec::fmadd(b1, vl, vncq);
-    const vec ep1 = Vec::exp2_fast(yp1);
-    sp1 = Vec::add(sp1, ep1);
-    sq1 = Vec::add(sq1, Vec::exp2_fast(yq1));
-    u1 = Vec::mask_fmadd(u1, Vec::not_neginf(a1), ep1, Vec::sub(yp1, yq1));
-  }
-  const float spb = Vec::reduce_add(Vec::add(sp0, sp1));
-  const float sqb = Vec::reduce_add(Vec::add(sq0, sq1));
-  const float ub = Vec::reduce_add(Vec::add(u0, u1));
-  if (!(__builtin_isfinite(spb) && __builtin_isfinite(sqb) && __builtin_isfinite(ub))) {
-    return kl_block_careful<TX, TY>(xb, yb, len, st);
-  }
-  const double fp = __builtin_exp2(-dcp);
-  st.sp += fp * static_cast<double>(spb);
-  st.sq += __builtin_exp2(-dcq) * static_cast<double>(sqb);
-  st.u += fp * (static_cast<double>(ub) - (dcp - dcq) * static_cast<double>(spb)) / kLog2eD;
-  return true;
-}
-
-// Single-pass fast KL block (see entropy_block_fast1): against the running maxima, both block
-// maxima on the side; a new maximum on either side or a non-finite sum hands the block to
-// the two-pass kl_block_fast. Without Masked, u takes e_p (y_p - y_q) unmasked: a masked p
-// entry gives 0 * -inf = NaN (hand back, and mask from then on).
+// The exp pass of the fast KL blocks against rp / rq, prefetching the next blocks: the block
+// sums spb = sum 2^yp, sqb = sum 2^yq, ub = sum 2^yp (yp - yq) and the lane-wise block maxima.
+// u is accumulated in log2 units against y values that carry the shifts dCp and dCq, both
+// taken out in double (kl_commit). p == q gives bit-identical p and q sides, so KL(p, p) == 0.
 template <class TX, class TY, bool Masked>
-LK_INLINE static bool kl_block_fast1(const typename TX::storage* xb,
-                                     const typename TY::storage* yb, int64_t len, KLState& st,
-                                     bool& masked, const FastRef& rp, const FastRef& rq) {
+LK_INLINE static void kl_exp_pass(const typename TX::storage* xb, const typename TY::storage* yb,
+                                  int64_t len, const FastRef& rp, const FastRef& rq, float& spb,
+                                  float& sqb, float& ub, typename Vec::vec& mxp,
+                                  typename Vec::vec& mxq) {
   using vec = typename Vec::vec;
   constexpr int64_t W = Vec::W;
   constexpr bool pairs = PairLoad<TX>::value && PairLoad<TY>::value;
@@ -732,20 +600,105 @@ LK_INLINE static bool kl_block_fast1(const typename TX::storage* xb,
     sq1 = Vec::add(sq1, Vec::exp2_fast(yq1));
     u1 = acc_live<true>(u1, a1, ep1, Vec::sub(yp1, yq1));
   }
+  spb = Vec::reduce_add(Vec::add(sp0, sp1));
+  sqb = Vec::reduce_add(Vec::add(sq0, sq1));
+  ub = Vec::reduce_add(Vec::add(u0, u1));
+  mxp = Vec::max(mp0, mp1);
+  mxq = Vec::max(mq0, mq1);
+}
+
+LK_INLINE static void kl_commit(KLState& st, const FastRef& rp, const FastRef& rq, float spb,
+                                float sqb, float ub) {
+  st.sp += rp.f * static_cast<double>(spb);
+  st.sq += rq.f * static_cast<double>(sqb);
+  const double du = static_cast<double>(ub) - (rp.dc - rq.dc) * static_cast<double>(spb);
+  st.u += rp.f * du / kLog2eD;
+}
+
+// Two-pass fast KL block (see entropy_block_fast): needs finite mp and mq and no q-dead entry
+// so far.
+template <class TX, class TY>
+__attribute__((noinline)) LK_TARGET static bool kl_block_fast(
+    const typename TX::storage* xb, const typename TY::storage* yb, int64_t len, KLState& st) {
+  using vec = typename Vec::vec;
+  constexpr int64_t W = Vec::W;
+  const int64_t nfull = len / W * W;
+  const int tail = static_cast<int>(len - nfull);
+  // The two block maxima only (NaN / +inf / all -inf go to the careful code).
+  {
+    const vec ninf = Vec::set1(kNegInf);
+    vec mp0 = ninf, mp1 = ninf, mq0 = ninf, mq1 = ninf;
+    int64_t i = 0;
+    for (; i + 2 * W <= nfull; i += 2 * W) {
+      mp0 = Vec::max(mp0, Vec::load(TX{}, xb + i));
+      mp1 = Vec::max(mp1, Vec::load(TX{}, xb + i + W));
+      mq0 = Vec::max(mq0, Vec::load(TY{}, yb + i));
+      mq1 = Vec::max(mq1, Vec::load(TY{}, yb + i + W));
+    }
+    for (; i < nfull; i += W) {
+      mp0 = Vec::max(mp0, Vec::load(TX{}, xb + i));
+      mq0 = Vec::max(mq0, Vec::load(TY{}, yb + i));
+    }
+    if (tail) {
+      mp1 = Vec::max(mp1, Vec::load_tail(TX{}, xb + nfull, tail));
+      mq1 = Vec::max(mq1, Vec::load_tail(TY{}, yb + nfull, tail));
+    }
+    const float bmp = Vec::reduce_max(Vec::max(mp0, mp1));
+    const float bmq = Vec::reduce_max(Vec::max(mq0, mq1));
+    if (!(bmp > kNegInf && bmp < kPosInf && bmq > kNegInf && bmq < kPosInf)) {
+      return kl_block_careful<TX, TY>(xb, yb, len, st);
+    }
+    // New maxima: u' = c_p (u + (dm_p - dm_q) s_p), s_p' = c_p s_p, s_q' = c_q s_q (one
+    // formula for both sides, so that equal p and q keep u exactly 0).
+    if (bmp > st.mp || bmq > st.mq) {
+      double dmp = 0, dmq = 0;
+      if (bmp > st.mp) {
+        dmp = static_cast<double>(st.mp) - static_cast<double>(bmp);
+        st.mp = bmp;
+      }
+      if (bmq > st.mq) {
+        dmq = static_cast<double>(st.mq) - static_cast<double>(bmq);
+        st.mq = bmq;
+      }
+      const double c = __builtin_exp(dmp);
+      st.u = c * (st.u + (dmp - dmq) * st.sp);
+      st.sp *= c;
+      st.sq *= __builtin_exp(dmq);
+    }
+  }
+  FastRef rp, rq;
+  rp.set(st.mp);
+  rq.set(st.mq);
+  float spb, sqb, ub;
+  vec mxp, mxq;
+  kl_exp_pass<TX, TY, true>(xb, yb, len, rp, rq, spb, sqb, ub, mxp, mxq);
+  if (!(__builtin_isfinite(spb) && __builtin_isfinite(sqb) && __builtin_isfinite(ub))) {
+    return kl_block_careful<TX, TY>(xb, yb, len, st);
+  }
+  kl_commit(st, rp, rq, spb, sqb, ub);
+  return true;
+}
+
+// Single-pass fast KL block (see entropy_block_fast1): against the running maxima, both block
+// maxima on the side; a new maximum on either side or a non-finite sum hands the block to
+// the two-pass kl_block_fast. Without Masked, a masked p entry gives 0 * -inf = NaN in u
+// (hand back, and mask from then on).
+template <class TX, class TY, bool Masked>
+LK_INLINE static bool kl_block_fast1(const typename TX::storage* xb,
+                                     const typename TY::storage* yb, int64_t len, KLState& st,
+                                     bool& masked, const FastRef& rp, const FastRef& rq) {
+  float spb, sqb, ub;
+  typename Vec::vec mxp, mxq;
+  kl_exp_pass<TX, TY, Masked>(xb, yb, len, rp, rq, spb, sqb, ub, mxp, mxq);
   // A NaN may be dropped by the vector max, but then it is in the sums.
-  const bool new_max = Vec::any_gt(Vec::max(mp0, mp1), Vec::set1(st.mp)) ||
-                       Vec::any_gt(Vec::max(mq0, mq1), Vec::set1(st.mq));
-  const float spb = Vec::reduce_add(Vec::add(sp0, sp1));
-  const float sqb = Vec::reduce_add(Vec::add(sq0, sq1));
-  const float ub = Vec::reduce_add(Vec::add(u0, u1));
+  const bool new_max =
+      Vec::any_gt(mxp, Vec::set1(st.mp)) || Vec::any_gt(mxq, Vec::set1(st.mq));
   if (new_max ||
       !(__builtin_isfinite(spb) && __builtin_isfinite(sqb) && __builtin_isfinite(ub))) {
     if (!Masked && !__builtin_isfinite(ub)) masked = true;
     return kl_block_fast<TX, TY>(xb, yb, len, st);
   }
-  st.sp += rp.f * static_cast<double>(spb);
-  st.sq += rq.f * static_cast<double>(sqb);
-  st.u += rp.f * (static_cast<double>(ub) - (rp.dc - rq.dc) * static_cast<double>(spb)) / kLog2eD;
+  kl_commit(st, rp, rq, spb, sqb, ub);
   return true;
 }
 

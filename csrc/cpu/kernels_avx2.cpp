@@ -92,13 +92,10 @@ struct Vec {
     return _mm_cvtss_f32(r);
   }
 
-  // e^z for z <= 0 (no NaN) as 2^y, y = z log2(e): y = n + r with n = round(y), |r| <= 1/2,
-  // 2^r by a degree-5 polynomial (relative error 2.3e-7 in fp32, e^0 == 1 exactly), times 2^n built in the
-  // exponent bits. Exactly 0 for z < -87.33 (this includes z == -inf, a masked entry); `live`
-  // gets the other lanes.
-  LK_INLINE static vec exp_nonpos(vec z, mask& live) {
-    live = _mm256_cmp_ps(z, set1(-87.3365478515625f), _CMP_GE_OQ);
-    const vec y = _mm256_max_ps(_mm256_mul_ps(z, set1(1.44269504088896341f)), set1(-126.0f));
+  // 2^y for y >= -127 (or NaN / +inf, which give NaN): y = n + r with n = round(y),
+  // |r| <= 1/2, 2^r by a degree-5 polynomial (relative error 2.3e-7 in fp32, constant term
+  // exactly 1, so 2^0 == 1), times 2^n built in the exponent bits (exactly 0 for n == -127).
+  LK_INLINE static vec exp2_clamped(vec y) {
     const vec fx = _mm256_round_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const vec r = _mm256_sub_ps(y, fx);
     vec p = set1(1.3278165133669972e-3f);
@@ -108,32 +105,25 @@ struct Vec {
     p = _mm256_fmadd_ps(p, r, set1(6.931469440460205e-1f));
     p = _mm256_fmadd_ps(p, r, set1(1.0f));
     const __m256i n = _mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127));
-    return _mm256_and_ps(live, _mm256_mul_ps(p, _mm256_castsi256_ps(_mm256_slli_epi32(n, 23))));
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(_mm256_slli_epi32(n, 23)));
+  }
+  // e^z for z <= 0 (no NaN) as 2^(z log2 e), clamped at 2^-126. Exactly 0 for z < -87.33
+  // (this includes z == -inf, a masked entry); `live` gets the other lanes.
+  LK_INLINE static vec exp_nonpos(vec z, mask& live) {
+    live = _mm256_cmp_ps(z, set1(-87.3365478515625f), _CMP_GE_OQ);
+    const vec y = _mm256_max_ps(_mm256_mul_ps(z, set1(1.44269504088896341f)), set1(-126.0f));
+    return _mm256_and_ps(live, exp2_clamped(y));
   }
   LK_INLINE static vec exp_nonpos(vec z) {
     mask live;
     return exp_nonpos(z, live);
   }
   // 2^y for the fast blocks (y <= 127: a larger y only comes with a block max above the
-  // running max, and the callers discard such blocks): y = n + r with n = round(y),
-  // |r| <= 1/2, 2^r by the degree-5 polynomial of exp_nonpos (relative error 2.3e-7, constant
-  // term exactly 1, so 2^0 == 1), times 2^n built in the exponent bits. y is clamped below at
-  // -127 first, where 2^n is built as exactly 0: so y < -126.5 (and y == -inf) gives exactly
-  // 0. The clamp keeps NaN (max returns its second operand when one is NaN), and NaN / +inf
-  // give NaN (the callers test their sums for that).
-  LK_INLINE static vec exp2_fast(vec y) {
-    const vec yc = _mm256_max_ps(set1(-127.0f), y);
-    const vec fx = _mm256_round_ps(yc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    const vec r = _mm256_sub_ps(yc, fx);
-    vec p = set1(1.3278165133669972e-3f);
-    p = _mm256_fmadd_ps(p, r, set1(9.675555862486362e-3f));
-    p = _mm256_fmadd_ps(p, r, set1(5.5507078766822815e-2f));
-    p = _mm256_fmadd_ps(p, r, set1(2.4022118747234344e-1f));
-    p = _mm256_fmadd_ps(p, r, set1(6.931469440460205e-1f));
-    p = _mm256_fmadd_ps(p, r, set1(1.0f));
-    const __m256i n = _mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127));
-    return _mm256_mul_ps(p, _mm256_castsi256_ps(_mm256_slli_epi32(n, 23)));
-  }
+  // running max, and the callers discard such blocks). y is clamped below at -127, where
+  // exp2_clamped gives exactly 0: so y < -126.5 (and y == -inf) gives exactly 0. The clamp
+  // keeps NaN (max returns its second operand when one is NaN), and NaN / +inf give NaN (the
+  // callers test their sums for that).
+  LK_INLINE static vec exp2_fast(vec y) { return exp2_clamped(_mm256_max_ps(set1(-127.0f), y)); }
   // 16 bf16 elements from one 32-byte load: the even ones in `even`, the odd ones in `odd`.
   LK_INLINE static void load_pair(BF16T, const unsigned short* p, vec& even, vec& odd) {
     const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));

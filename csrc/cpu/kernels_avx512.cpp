@@ -39,7 +39,8 @@ struct Vec {
   LK_INLINE static void load_pair(BF16T, const unsigned short* p, vec& even, vec& odd) {
     const __m512i w = _mm512_loadu_si512(p);
     even = _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
-    odd = _mm512_castsi512_ps(_mm512_and_si512(w, _mm512_set1_epi32(static_cast<int>(0xFFFF0000u))));
+    odd = _mm512_castsi512_ps(
+        _mm512_and_si512(w, _mm512_set1_epi32(static_cast<int>(0xFFFF0000u))));
   }
   static constexpr bool kBf16Pairs = true;
   // First n lanes from memory, the others -inf (a masked entry).
