@@ -14,7 +14,8 @@
 //          and the sums are finite (the common case after the first blocks of a row). It
 //          starts without the per-entry -inf select (a -inf entry then makes a sum NaN)
 //          and keeps the select for the rest of the segment from the first such block on;
-//   two-pass (entropy_block_fast): a max pass, the rescale, then the same exp pass from L1;
+//   redo (entropy_block_fast): with the block max the single pass found, the rescale, then
+//          the same exp pass again from L1;
 //   careful (entropy_block_careful; every ISA, the only code without kFastBlocks, and the
 //          first block of a row): pass 1 finds the block max and NaN (vector max drops NaN,
 //          so one unordered compare per two vectors) and +inf; then the running sums are
@@ -22,7 +23,7 @@
 //            s' = c s,  t' = c (t + (m_old - m_new) s),  c = e^(m_old - m_new);
 //          pass 2 (from L1): e = exp(x - m) with exp(-inf) == 0 exactly, s += e, t += e (x - m).
 // Blocks that are all -inf are skipped; masked entries contribute 0 through selects. The
-// single-pass and two-pass codes drop every check from their loops and use a cheaper
+// single-pass and redo codes drop every check from their loops and use a cheaper
 // exponential; they share one exp pass against the same m, so the results do not depend on
 // which of them took a block.
 
@@ -157,8 +158,8 @@ __attribute__((noinline)) LK_TARGET static bool entropy_block_careful(
 //        exact in double) is a common factor 2^dC of the block's exponentials and a shift dC
 //        of its y values; both are taken out in double. The t / u terms are accumulated in
 //        log2 units (y, or yp - yq) and divided by L.
-// The single-pass and the two-pass blocks share one exp pass (entropy_exp_pass, kl_exp_pass)
-// and one commit, so a block gives the same sums whichever of them takes it.
+// The single-pass and the redo blocks share one exp pass (entropy_exp_pass, kl_exp_pass) and
+// one commit, so a block gives the same sums whichever of them takes it.
 constexpr double kLog2eD = static_cast<double>(1.44269504088896341f);  // L, in double
 
 // The reference of the exp pass for a running max m: C = fp32(m L), dC = m L - C and 2^-dC,
@@ -275,40 +276,23 @@ LK_INLINE static void entropy_commit(EntropyState& st, const FastRef& ref, float
   st.t += ref.f * (static_cast<double>(tb) - ref.dc * static_cast<double>(sb)) / kLog2eD;
 }
 
-// Two-pass fast block: a max pass (and the rescale to a new max), then the exp pass from L1.
+// A block the single pass handed back, with its max bmax (from the single pass's lanes, so no
+// second max pass): the rescale to a new max, then the exp pass again, from L1.
 template <class T>
 __attribute__((noinline)) LK_TARGET static bool entropy_block_fast(
-    const typename T::storage* xb, int64_t len, EntropyState& st) {
-  using vec = typename Vec::vec;
-  constexpr int64_t W = Vec::W;
-  const int64_t nfull = len / W * W;
-  const int tail = static_cast<int>(len - nfull);
-  {
-    const vec ninf = Vec::set1(kNegInf);
-    vec m0 = ninf, m1 = ninf, m2 = ninf, m3 = ninf;
-    int64_t i = 0;
-    for (; i + 4 * W <= nfull; i += 4 * W) {
-      m0 = Vec::max(m0, Vec::load(T{}, xb + i));
-      m1 = Vec::max(m1, Vec::load(T{}, xb + i + W));
-      m2 = Vec::max(m2, Vec::load(T{}, xb + i + 2 * W));
-      m3 = Vec::max(m3, Vec::load(T{}, xb + i + 3 * W));
-    }
-    for (; i < nfull; i += W) m0 = Vec::max(m0, Vec::load(T{}, xb + i));
-    if (tail) m1 = Vec::max(m1, Vec::load_tail(T{}, xb + nfull, tail));
-    const float bmax = Vec::reduce_max(Vec::max(Vec::max(m0, m1), Vec::max(m2, m3)));
-    if (!(bmax > kNegInf && bmax < kPosInf)) return entropy_block_careful<T>(xb, len, st);
-    if (bmax > st.m) {
-      const double dm = static_cast<double>(st.m) - static_cast<double>(bmax);
-      const double cm = __builtin_exp(dm);
-      st.t = cm * (st.t + dm * st.s);
-      st.s *= cm;
-      st.m = bmax;
-    }
+    const typename T::storage* xb, int64_t len, EntropyState& st, float bmax) {
+  if (!(bmax > kNegInf && bmax < kPosInf)) return entropy_block_careful<T>(xb, len, st);
+  if (bmax > st.m) {
+    const double dm = static_cast<double>(st.m) - static_cast<double>(bmax);
+    const double cm = __builtin_exp(dm);
+    st.t = cm * (st.t + dm * st.s);
+    st.s *= cm;
+    st.m = bmax;
   }
   FastRef ref;
   ref.set(st.m);
   float sb, tb;
-  vec mx;
+  typename Vec::vec mx;
   entropy_exp_pass<T, true>(xb, len, ref, sb, tb, mx);
   if (!(__builtin_isfinite(sb) && __builtin_isfinite(tb))) {
     return entropy_block_careful<T>(xb, len, st);
@@ -320,7 +304,7 @@ __attribute__((noinline)) LK_TARGET static bool entropy_block_fast(
 // Single-pass fast block: the exp pass runs against the running max st.m straight from
 // memory, with the block max taken on the side, so that no separate max pass re-reads the
 // block. Only when the block max exceeds st.m (a new row max: rare after the first blocks of
-// a row) or a sum is not finite is the block handed to the two-pass code above, which then
+// a row) or a sum is not finite is the block handed to the redo code above, which then
 // finds it in L1/L2. A non-finite t sum in the unmasked code sets `masked` (the row has -inf
 // entries) for the rest of the segment.
 template <class T, bool Masked>
@@ -333,7 +317,7 @@ LK_INLINE static bool entropy_block_fast1(const typename T::storage* xb, int64_t
   const bool new_max = Vec::any_gt(mx, Vec::set1(st.m));
   if (new_max || !(__builtin_isfinite(sb) && __builtin_isfinite(tb))) {
     if (!Masked && !__builtin_isfinite(tb)) masked = true;
-    return entropy_block_fast<T>(xb, len, st);
+    return entropy_block_fast<T>(xb, len, st, Vec::reduce_max(mx));
   }
   entropy_commit(st, ref, sb, tb);
   return true;
@@ -615,62 +599,38 @@ LK_INLINE static void kl_commit(KLState& st, const FastRef& rp, const FastRef& r
   st.u += rp.f * du / kLog2eD;
 }
 
-// Two-pass fast KL block (see entropy_block_fast): needs finite mp and mq and no q-dead entry
-// so far.
+// A KL block the single pass handed back, with its maxima bmp, bmq (see entropy_block_fast):
+// needs finite mp and mq and no q-dead entry so far.
 template <class TX, class TY>
-__attribute__((noinline)) LK_TARGET static bool kl_block_fast(
-    const typename TX::storage* xb, const typename TY::storage* yb, int64_t len, KLState& st) {
-  using vec = typename Vec::vec;
-  constexpr int64_t W = Vec::W;
-  const int64_t nfull = len / W * W;
-  const int tail = static_cast<int>(len - nfull);
-  // The two block maxima only (NaN / +inf / all -inf go to the careful code).
-  {
-    const vec ninf = Vec::set1(kNegInf);
-    vec mp0 = ninf, mp1 = ninf, mq0 = ninf, mq1 = ninf;
-    int64_t i = 0;
-    for (; i + 2 * W <= nfull; i += 2 * W) {
-      mp0 = Vec::max(mp0, Vec::load(TX{}, xb + i));
-      mp1 = Vec::max(mp1, Vec::load(TX{}, xb + i + W));
-      mq0 = Vec::max(mq0, Vec::load(TY{}, yb + i));
-      mq1 = Vec::max(mq1, Vec::load(TY{}, yb + i + W));
+__attribute__((noinline)) LK_TARGET static bool kl_block_fast(const typename TX::storage* xb,
+                                                              const typename TY::storage* yb,
+                                                              int64_t len, KLState& st, float bmp,
+                                                              float bmq) {
+  if (!(bmp > kNegInf && bmp < kPosInf && bmq > kNegInf && bmq < kPosInf)) {
+    return kl_block_careful<TX, TY>(xb, yb, len, st);
+  }
+  // New maxima: u' = c_p (u + (dm_p - dm_q) s_p), s_p' = c_p s_p, s_q' = c_q s_q (one formula
+  // for both sides, so that equal p and q keep u exactly 0).
+  if (bmp > st.mp || bmq > st.mq) {
+    double dmp = 0, dmq = 0;
+    if (bmp > st.mp) {
+      dmp = static_cast<double>(st.mp) - static_cast<double>(bmp);
+      st.mp = bmp;
     }
-    for (; i < nfull; i += W) {
-      mp0 = Vec::max(mp0, Vec::load(TX{}, xb + i));
-      mq0 = Vec::max(mq0, Vec::load(TY{}, yb + i));
+    if (bmq > st.mq) {
+      dmq = static_cast<double>(st.mq) - static_cast<double>(bmq);
+      st.mq = bmq;
     }
-    if (tail) {
-      mp1 = Vec::max(mp1, Vec::load_tail(TX{}, xb + nfull, tail));
-      mq1 = Vec::max(mq1, Vec::load_tail(TY{}, yb + nfull, tail));
-    }
-    const float bmp = Vec::reduce_max(Vec::max(mp0, mp1));
-    const float bmq = Vec::reduce_max(Vec::max(mq0, mq1));
-    if (!(bmp > kNegInf && bmp < kPosInf && bmq > kNegInf && bmq < kPosInf)) {
-      return kl_block_careful<TX, TY>(xb, yb, len, st);
-    }
-    // New maxima: u' = c_p (u + (dm_p - dm_q) s_p), s_p' = c_p s_p, s_q' = c_q s_q (one
-    // formula for both sides, so that equal p and q keep u exactly 0).
-    if (bmp > st.mp || bmq > st.mq) {
-      double dmp = 0, dmq = 0;
-      if (bmp > st.mp) {
-        dmp = static_cast<double>(st.mp) - static_cast<double>(bmp);
-        st.mp = bmp;
-      }
-      if (bmq > st.mq) {
-        dmq = static_cast<double>(st.mq) - static_cast<double>(bmq);
-        st.mq = bmq;
-      }
-      const double c = __builtin_exp(dmp);
-      st.u = c * (st.u + (dmp - dmq) * st.sp);
-      st.sp *= c;
-      st.sq *= __builtin_exp(dmq);
-    }
+    const double c = __builtin_exp(dmp);
+    st.u = c * (st.u + (dmp - dmq) * st.sp);
+    st.sp *= c;
+    st.sq *= __builtin_exp(dmq);
   }
   FastRef rp, rq;
   rp.set(st.mp);
   rq.set(st.mq);
   float spb, sqb, ub;
-  vec mxp, mxq;
+  typename Vec::vec mxp, mxq;
   kl_exp_pass<TX, TY, true>(xb, yb, len, rp, rq, spb, sqb, ub, mxp, mxq);
   if (!(__builtin_isfinite(spb) && __builtin_isfinite(sqb) && __builtin_isfinite(ub))) {
     return kl_block_careful<TX, TY>(xb, yb, len, st);
@@ -681,7 +641,7 @@ __attribute__((noinline)) LK_TARGET static bool kl_block_fast(
 
 // Single-pass fast KL block (see entropy_block_fast1): against the running maxima, both block
 // maxima on the side; a new maximum on either side or a non-finite sum hands the block to
-// the two-pass kl_block_fast. Without Masked, a masked p entry gives 0 * -inf = NaN in u
+// kl_block_fast. Without Masked, a masked p entry gives 0 * -inf = NaN in u
 // (hand back, and mask from then on).
 template <class TX, class TY, bool Masked>
 LK_INLINE static bool kl_block_fast1(const typename TX::storage* xb,
@@ -696,7 +656,7 @@ LK_INLINE static bool kl_block_fast1(const typename TX::storage* xb,
   if (new_max ||
       !(__builtin_isfinite(spb) && __builtin_isfinite(sqb) && __builtin_isfinite(ub))) {
     if (!Masked && !__builtin_isfinite(ub)) masked = true;
-    return kl_block_fast<TX, TY>(xb, yb, len, st);
+    return kl_block_fast<TX, TY>(xb, yb, len, st, Vec::reduce_max(mxp), Vec::reduce_max(mxq));
   }
   kl_commit(st, rp, rq, spb, sqb, ub);
   return true;
