@@ -14,6 +14,10 @@ Run by ``make bench`` (not by the tests). Everything in the table is measured in
 * ``lenskit AVX2`` (CPU, when the default kernels are AVX-512): the op with
   ``LENSKIT_CPU_ISA=avx2``, what CPUs without AVX-512 run.
 
+On CPU a second table times kl_div with q placed at a few distances from p in one buffer
+(on 1 thread and on all), since that placement once cost kl_div up to 1.7x (see
+csrc/cpu/kernel_impl.h, kFastPrefetchLocality).
+
 Times are medians over ``--reps`` calls (``--eager-reps`` for eager) after one warm-up call;
 the contenders take turns call by call, so that drift on a shared machine hits all of them
 alike; each case is measured ``--rounds`` times and the table gives the medians over the
@@ -141,6 +145,45 @@ def bench_case(op: str, shape, dtype, device, compiled, reps: int, eager_reps: i
     }
 
 
+LAYOUT_SHAPE = (2048, 49152)
+LAYOUT_STEPS = (0, 1, 2, 3)
+
+
+def layout_table(reps: int) -> str:
+    """kl_div's sensitivity to where q sits relative to p (CPU, fp32).
+
+    q is placed in one buffer with p at p + size + k * 4 KiB for each k in LAYOUT_STEPS (k = 1
+    is the distance two same-shaped tensors allocated one after the other usually get), on 1
+    thread and on all threads; the read pass over the same pair is given for comparison.
+    """
+    n = LAYOUT_SHAPE[0] * LAYOUT_SHAPE[1]
+    gen = torch.Generator().manual_seed(0)
+    buf = torch.randn(2 * n + max(LAYOUT_STEPS) * 1024, generator=gen) * 4
+    p = buf[:n].view(LAYOUT_SHAPE)
+    threads = torch.get_num_threads()
+    head = (
+        "| q at p + size + | threads | lenskit kl_div ms | read pass ms |\n|---|---:|---:|---:|\n"
+    )
+    lines = []
+    try:
+        for nt in sorted({1, threads}):
+            torch.set_num_threads(nt)
+            for k in LAYOUT_STEPS:
+                q = buf[n + k * 1024 : 2 * n + k * 1024].view(LAYOUT_SHAPE)
+                t = interleaved_times(
+                    {"fast": lenskit.kl_div, "read": read_pass},
+                    (p, q),
+                    {"fast": reps, "read": reps},
+                )
+                lines.append(
+                    f"| {4 * k} KiB | {nt} | {t['fast'] * 1e3:.1f} | {t['read'] * 1e3:.1f} |\n"
+                )
+                print(lines[-1], end="", flush=True)
+    finally:
+        torch.set_num_threads(threads)
+    return head + "".join(lines)
+
+
 def with_avx2(device: torch.device) -> bool:
     """Whether to time the AVX2 kernels too (CPU, when the default kernels are AVX-512)."""
     return (
@@ -256,6 +299,12 @@ def main() -> None:
         extra = ""
         if dev.type == "cuda":
             extra = f"\nDevice-to-device copy: {copy_bandwidth(dev):.0f} GB/s (read + write).\n"
+        if dev.type == "cpu" and lenskit.backend(dev) == "cpp":
+            extra = (
+                "\nkl_div against the placement of q (one buffer, "
+                f"{'x'.join(map(str, LAYOUT_SHAPE))} float32, median of {args.reps} calls):\n\n"
+                + layout_table(args.reps)
+            )
         sections.append(title + table(rows) + extra)
 
     load = (

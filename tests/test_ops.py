@@ -236,12 +236,20 @@ def test_running_max_rescaling(backend, dtype):
     # Increasing logits: the running max grows in every block (the single-pass code hands every
     # block to the two-pass rescale path), and a row whose max sits in its first block (every
     # later block is committed by the single pass).
+    # The ramps rise by ~3 (within kl_div's slack: the block is committed against the old max,
+    # then rescaled) and by ~30 logits a block (beyond it: the block is redone).
     v = 20000
-    up = torch.linspace(-30, 30, v)[None].repeat(2, 1)
-    up[1] = up[1].flip(-1)
-    up = up.to(dtype)
-    assert_close(lenskit.entropy(up), ref_entropy(up))
-    assert_close(lenskit.kl_div(up, up.flip(0)), ref_kl(up, up.flip(0)))
+    for top in (30.0, 300.0):
+        up = torch.linspace(-top, top, v)[None].repeat(2, 1)
+        up[1] = up[1].flip(-1)
+        up = up.to(dtype)
+        assert_close(lenskit.entropy(up), ref_entropy(up))
+        assert_close(lenskit.kl_div(up, up.flip(0)), ref_kl(up, up.flip(0)))
+        # Nearly equal p and q with rising maxima: KL ~1e-4, where a wrong shift of u shows.
+        g = torch.Generator().manual_seed(int(top))
+        near = (up.float() + 0.01 * torch.randn(up.shape, generator=g)).to(dtype)
+        assert_close(lenskit.kl_div(up, near), ref_kl(up, near))
+        assert_close(lenskit.kl_div(near, up), ref_kl(near, up))
 
 
 # ----------------------------------------------------------------------------- layouts

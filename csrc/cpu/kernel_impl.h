@@ -10,7 +10,7 @@
 // cannot finish it:
 //   single pass (entropy_block_fast1; ISAs with Vec::kFastBlocks, once the running max m is
 //          finite): e = exp(x - m) against the running max straight from memory, the block max
-//          taken on the side, the next block prefetched. Committed when the block max is <= m
+//          taken on the side, the next block prefetched (entropy only). Committed when the block max is <= m
 //          and the sums are finite (the common case after the first blocks of a row). It
 //          starts without the per-entry -inf select (a -inf entry then makes a sum NaN)
 //          and keeps the select for the rest of the segment from the first such block on;
@@ -22,6 +22,10 @@
 //          rescaled once if the block max exceeds the running max,
 //            s' = c s,  t' = c (t + (m_old - m_new) s),  c = e^(m_old - m_new);
 //          pass 2 (from L1): e = exp(x - m) with exp(-inf) == 0 exactly, s += e, t += e (x - m).
+// kl_div runs the same three codes, except that its single pass also commits a block whose
+// maxima rise by at most kKLSlack and rescales after it (a new row max then costs no second
+// exp pass; ~10% less arithmetic on random logits). Entropy keeps the strict rule: its t sum
+// is taken against the max, so a one-hot row stays exactly 0 there.
 // Blocks that are all -inf are skipped; masked entries contribute 0 through selects. The
 // single-pass and redo codes drop every check from their loops and use a cheaper
 // exponential; they share one exp pass against the same m, so the results do not depend on
@@ -35,12 +39,14 @@ LK_INLINE static float lk_maxf(float a, float b) { return a > b ? a : b; }
 
 // Prefetches the cache lines of `count` elements at p (the next block, while the exp pass works
 // on the current one from L1, so that the memory stream overlaps the arithmetic).
-// kl_div's prefetch target, and that of the fast entropy blocks: 2 = L2 (with the fast blocks'
-// cheaper arithmetic, L2 measured ~3-8% faster than L1 on 2 cores; the careful entropy code
-// keeps L1).
-#ifndef LK_KL_PREFETCH_LOCALITY
-#define LK_KL_PREFETCH_LOCALITY 2
-#endif
+// The fast entropy blocks prefetch to L2 (with their cheaper arithmetic, L2 measured ~3-8%
+// faster than L1 on 2 cores); the careful entropy code keeps L1. kl_div prefetches nothing:
+// with software prefetches a block ahead on both rows, some distances between the p and q
+// buffers were slow on Zen 4, among them the one two same-shaped tensors allocated one after
+// the other get (q = p - (size + 4 KiB)): 1.3x slower on 2 threads, 1.7x on 1 (a C loop
+// with the same prefetches shows it too; the distances that hit move with the prefetch
+// distance). Without them kl_div ran at the read pass's speed at every distance tried.
+constexpr int kFastPrefetchLocality = 2;
 
 template <int64_t count, int locality = 3, class S>
 LK_INLINE static void prefetch_span(const S* p) {
@@ -235,7 +241,7 @@ LK_INLINE static void entropy_exp_pass(const typename T::storage* xb, int64_t le
   vec m0 = ninf, m1 = ninf;
   int64_t i = 0;
   for (; i + 2 * W <= nfull; i += 2 * W) {
-    prefetch_span<2 * W, LK_KL_PREFETCH_LOCALITY>(xb + kBlock + i);
+    prefetch_span<2 * W, kFastPrefetchLocality>(xb + kBlock + i);
     vec x0, x1;
     load2<pairs, T>(xb + i, x0, x1);
     m0 = Vec::max(m0, x0);
@@ -347,7 +353,7 @@ LK_TARGET static void entropy_segment_t(const void* xv, int64_t n, EntropyState&
   }
 }
 
-// kl_div reads two rows: half-size blocks keep both (and the prefetched next ones) in L1.
+// kl_div reads two rows: half-size blocks keep both in L1 for a redo.
 constexpr int64_t kBlockKL = kBlock / 2;
 
 // The two-pass block with every check (see entropy_block_careful). Returns false once the
@@ -456,8 +462,6 @@ __attribute__((noinline)) LK_TARGET static bool kl_block_careful(
     if (bmp == kNegInf) {
       // p all masked in this block: only q's normaliser grows.
       for (i = 0; i + 2 * W <= nfull; i += 2 * W) {
-        prefetch_span<2 * W, LK_KL_PREFETCH_LOCALITY>(xb + kBlockKL + i);
-        prefetch_span<2 * W, LK_KL_PREFETCH_LOCALITY>(yb + kBlockKL + i);
         sq0 = Vec::add(sq0, Vec::exp_nonpos(Vec::sub(Vec::load(TY{}, yb + i), vmq)));
         sq1 = Vec::add(sq1, Vec::exp_nonpos(Vec::sub(Vec::load(TY{}, yb + i + W), vmq)));
       }
@@ -477,8 +481,6 @@ __attribute__((noinline)) LK_TARGET static bool kl_block_careful(
     vec sp0 = Vec::zero(), sp1 = Vec::zero(), u0 = Vec::zero(), u1 = Vec::zero();
     mask l0, l1;
     for (i = 0; i + 2 * W <= nfull; i += 2 * W) {
-      prefetch_span<2 * W, LK_KL_PREFETCH_LOCALITY>(xb + kBlockKL + i);
-      prefetch_span<2 * W, LK_KL_PREFETCH_LOCALITY>(yb + kBlockKL + i);
       const vec zp0 = Vec::sub(Vec::load(TX{}, xb + i), vmp);
       const vec zp1 = Vec::sub(Vec::load(TX{}, xb + i + W), vmp);
       const vec zq0 = Vec::sub(Vec::load(TY{}, yb + i), vmq);
@@ -515,7 +517,7 @@ __attribute__((noinline)) LK_TARGET static bool kl_block_careful(
   return true;
 }
 
-// The exp pass of the fast KL blocks against rp / rq, prefetching the next blocks: the block
+// The exp pass of the fast KL blocks against rp / rq (no prefetch, see above): the block
 // sums spb = sum 2^yp, sqb = sum 2^yq, ub = sum 2^yp (yp - yq) and the lane-wise block maxima.
 // u is accumulated in log2 units against y values that carry the shifts dCp and dCq, both
 // taken out in double (kl_commit). p == q gives bit-identical p and q sides, so KL(p, p) == 0.
@@ -537,8 +539,6 @@ LK_INLINE static void kl_exp_pass(const typename TX::storage* xb, const typename
   vec mp0 = ninf, mp1 = ninf, mq0 = ninf, mq1 = ninf;
   int64_t i = 0;
   for (; i + 2 * W <= nfull; i += 2 * W) {
-    prefetch_span<2 * W, LK_KL_PREFETCH_LOCALITY>(xb + kBlockKL + i);
-    prefetch_span<2 * W, LK_KL_PREFETCH_LOCALITY>(yb + kBlockKL + i);
     vec a0, a1, b0, b1;
     load2<pairs, TX>(xb + i, a0, a1);
     load2<pairs, TY>(yb + i, b0, b1);
@@ -591,12 +591,36 @@ LK_INLINE static void kl_exp_pass(const typename TX::storage* xb, const typename
   mxq = Vec::max(mq0, mq1);
 }
 
+// How far (in logit units) a block max may exceed the running max and still be committed
+// against the old one (kl_block_fast1).
+constexpr float kKLSlack = 4.0f;
+
 LK_INLINE static void kl_commit(KLState& st, const FastRef& rp, const FastRef& rq, float spb,
                                 float sqb, float ub) {
   st.sp += rp.f * static_cast<double>(spb);
   st.sq += rq.f * static_cast<double>(sqb);
   const double du = static_cast<double>(ub) - (rp.dc - rq.dc) * static_cast<double>(spb);
   st.u += rp.f * du / kLog2eD;
+}
+
+// Moves the running maxima up to bmp / bmq where they are larger, rescaling the sums:
+// u' = c_p (u + (dm_p - dm_q) s_p), s_p' = c_p s_p, s_q' = c_q s_q (one formula for both
+// sides, so that equal p and q keep u exactly 0).
+LK_INLINE static void kl_raise_max(KLState& st, float bmp, float bmq) {
+  if (!(bmp > st.mp || bmq > st.mq)) return;
+  double dmp = 0, dmq = 0;
+  if (bmp > st.mp) {
+    dmp = static_cast<double>(st.mp) - static_cast<double>(bmp);
+    st.mp = bmp;
+  }
+  if (bmq > st.mq) {
+    dmq = static_cast<double>(st.mq) - static_cast<double>(bmq);
+    st.mq = bmq;
+  }
+  const double c = __builtin_exp(dmp);
+  st.u = c * (st.u + (dmp - dmq) * st.sp);
+  st.sp *= c;
+  st.sq *= __builtin_exp(dmq);
 }
 
 // A KL block the single pass handed back, with its maxima bmp, bmq (see entropy_block_fast):
@@ -609,23 +633,7 @@ __attribute__((noinline)) LK_TARGET static bool kl_block_fast(const typename TX:
   if (!(bmp > kNegInf && bmp < kPosInf && bmq > kNegInf && bmq < kPosInf)) {
     return kl_block_careful<TX, TY>(xb, yb, len, st);
   }
-  // New maxima: u' = c_p (u + (dm_p - dm_q) s_p), s_p' = c_p s_p, s_q' = c_q s_q (one formula
-  // for both sides, so that equal p and q keep u exactly 0).
-  if (bmp > st.mp || bmq > st.mq) {
-    double dmp = 0, dmq = 0;
-    if (bmp > st.mp) {
-      dmp = static_cast<double>(st.mp) - static_cast<double>(bmp);
-      st.mp = bmp;
-    }
-    if (bmq > st.mq) {
-      dmq = static_cast<double>(st.mq) - static_cast<double>(bmq);
-      st.mq = bmq;
-    }
-    const double c = __builtin_exp(dmp);
-    st.u = c * (st.u + (dmp - dmq) * st.sp);
-    st.sp *= c;
-    st.sq *= __builtin_exp(dmq);
-  }
+  kl_raise_max(st, bmp, bmq);
   FastRef rp, rq;
   rp.set(st.mp);
   rq.set(st.mq);
@@ -653,10 +661,21 @@ LK_INLINE static bool kl_block_fast1(const typename TX::storage* xb,
   // A NaN may be dropped by the vector max, but then it is in the sums.
   const bool new_max =
       Vec::any_gt(mxp, Vec::set1(st.mp)) || Vec::any_gt(mxq, Vec::set1(st.mq));
-  if (new_max ||
-      !(__builtin_isfinite(spb) && __builtin_isfinite(sqb) && __builtin_isfinite(ub))) {
+  const bool finite =
+      __builtin_isfinite(spb) && __builtin_isfinite(sqb) && __builtin_isfinite(ub);
+  if (new_max || !finite) {
     if (!Masked && !__builtin_isfinite(ub)) masked = true;
-    return kl_block_fast<TX, TY>(xb, yb, len, st, Vec::reduce_max(mxp), Vec::reduce_max(mxq));
+    const float bmp = Vec::reduce_max(mxp), bmq = Vec::reduce_max(mxq);
+    // A new max at most kKLSlack above the running one: the sums against the old maxima are
+    // finite and as precise (terms up to 2^(kKLSlack L)), so commit them and rescale instead
+    // of redoing the exp pass. The rescale shifts u by (dm_p - dm_q) s_p in double; the fp32
+    // rounding of the block's u grows by at most ~eps kKLSlack L s_p (below 1e-6 nats).
+    if (finite && bmp - st.mp <= kKLSlack && bmq - st.mq <= kKLSlack) {
+      kl_commit(st, rp, rq, spb, sqb, ub);
+      kl_raise_max(st, bmp, bmq);
+      return true;
+    }
+    return kl_block_fast<TX, TY>(xb, yb, len, st, bmp, bmq);
   }
   kl_commit(st, rp, rq, spb, sqb, ub);
   return true;
