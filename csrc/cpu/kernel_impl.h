@@ -29,7 +29,8 @@
 // Blocks that are all -inf are skipped; masked entries contribute 0 through selects. The
 // single-pass and redo codes drop every check from their loops and use a cheaper
 // exponential; they share one exp pass against the same m, so the results do not depend on
-// which of them took a block.
+// which of them took a block (for kl_div: given the slack rule, which depends on the data
+// only).
 
 constexpr float kNegInf = -__builtin_inff();
 constexpr float kPosInf = __builtin_inff();
