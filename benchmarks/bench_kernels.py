@@ -21,8 +21,8 @@ csrc/cpu/kernel_impl.h, kFastPrefetchLocality).
 Times are medians over ``--reps`` calls (``--eager-reps`` for eager) after one warm-up call;
 the contenders take turns call by call, so that drift on a shared machine hits all of them
 alike; each case is measured ``--rounds`` times and the table gives the medians over the
-rounds, with the range of the speed-up ratios. Effective GB/s = bytes of the input(s) read once / time. The table goes to
-docs/benchmarks.md (section bench_kernels).
+rounds, with the range of the speed-up ratios. Effective GB/s = bytes of the input(s) read
+once / time. The table goes to docs/benchmarks.md (section bench_kernels).
 """
 
 from __future__ import annotations

@@ -21,10 +21,10 @@ struct BF16T {
   using storage = unsigned short;
 };
 
-// Elements per block: the unit of the running-max bookkeeping and of the prefetch distance.
-// A block is read once from memory; the two-pass codes re-read it from L1, so it must fit
-// there: 2048 fp32 = 8 KiB per row; kl_div uses kBlock / 2 per row (two rows, plus the
-// prefetched next blocks, stay in a 32 KiB L1). Row segments are multiples of kBlock.
+// Elements per block: the unit of the running-max bookkeeping and of entropy's prefetch
+// distance. A block is read once from memory; the two-pass codes re-read it from L1, so it
+// must fit there: 2048 fp32 = 8 KiB per row (plus entropy's prefetched next block); kl_div
+// uses kBlock / 2 per row (two rows). Row segments are multiples of kBlock.
 constexpr int64_t kBlock = 2048;
 
 // Online state of sum_i e^(x_i - m) over a segment of one row.

@@ -118,8 +118,8 @@ struct Vec {
     mask live;
     return exp_nonpos(z, live);
   }
-  // 2^y for the fast blocks (y <= 127: a larger y only comes with a block max above the
-  // running max, and the callers discard such blocks). y is clamped below at -127, where
+  // 2^y for the fast blocks (y <= 127: a larger y only comes with a block max far above the
+  // running max, and the callers redo such blocks). y is clamped below at -127, where
   // exp2_clamped gives exactly 0: so y < -126.5 (and y == -inf) gives exactly 0. The clamp
   // keeps NaN (max returns its second operand when one is NaN), and NaN / +inf give NaN (the
   // callers test their sums for that).
