@@ -48,6 +48,9 @@ TORCH_LIBRARY(lenskit, m) {
   m.def("has_cuda() -> bool", &has_cuda);
   // Which CPU kernels the next call uses: "avx512", "avx2" or "scalar" (LENSKIT_CPU_ISA caps it).
   m.def("cpu_isa() -> str", &cpu_isa);
+  // Whether the next CPU kl_div call prefetches ahead on both rows: by default on Intel CPUs
+  // only; LENSKIT_KL_PREFETCH=1 or 0 overrides. The results are the same either way.
+  m.def("cpu_kl_prefetch() -> bool", &cpu_kl_prefetch);
 }
 
 TORCH_LIBRARY_IMPL(lenskit, CPU, m) {

@@ -170,6 +170,99 @@ def test_cpu_isa_override(monkeypatch):
     assert torch.ops.lenskit.cpu_isa() == best
 
 
+def _cpu_vendor_is_intel() -> bool | None:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return "GenuineIntel" in f.read()
+    except OSError:
+        return None
+
+
+@pytest.mark.skipif(not HAVE_EXT, reason="extension not built")
+def test_kl_prefetch_choice(monkeypatch):
+    """kl_div prefetches by default on Intel CPUs only; LENSKIT_KL_PREFETCH=1/0 overrides."""
+    monkeypatch.delenv("LENSKIT_CPU_ISA", raising=False)
+    monkeypatch.delenv("LENSKIT_KL_PREFETCH", raising=False)
+    vector = torch.ops.lenskit.cpu_isa() != "scalar"
+    intel = _cpu_vendor_is_intel()
+    if intel is not None:
+        assert torch.ops.lenskit.cpu_kl_prefetch() == (vector and intel)
+    monkeypatch.setenv("LENSKIT_KL_PREFETCH", "1")
+    assert torch.ops.lenskit.cpu_kl_prefetch() == vector
+    monkeypatch.setenv("LENSKIT_KL_PREFETCH", "0")
+    assert not torch.ops.lenskit.cpu_kl_prefetch()
+    monkeypatch.setenv("LENSKIT_CPU_ISA", "scalar")  # no prefetching variant there
+    monkeypatch.setenv("LENSKIT_KL_PREFETCH", "1")
+    assert not torch.ops.lenskit.cpu_kl_prefetch()
+
+
+def _bit_identical(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Same values bit for bit, NaN where the other has NaN."""
+    nan = torch.isnan(a)
+    return torch.equal(nan, torch.isnan(b)) and torch.equal(a[~nan], b[~nan])
+
+
+def _kl_variety(dtype_p: torch.dtype, dtype_q: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row pairs that take every KL code path: several blocks and a tail, masks, ramps within
+    and beyond the slack, large magnitudes, NaN, +inf and q-dead rows."""
+    v = 5 * 1024 + 13
+    g = torch.Generator().manual_seed(7)
+    p = torch.randn(12, v, generator=g) * 3
+    q = torch.randn(12, v, generator=g) * 3
+    mask = torch.rand(12, v, generator=g) < 0.1
+    p[1:3] = p[1:3].masked_fill(mask[1:3], -INF)
+    q[2:4] = q[2:4].masked_fill(mask[2:4], -INF)  # row 3: q-dead (+inf)
+    p[4] = torch.linspace(-30, 30, v)  # rises by ~6 logits a block: within the slack
+    q[4] = p[4] + 0.01 * q[4]
+    p[5] = torch.linspace(-300, 300, v)  # beyond it: blocks redone
+    q[5] = p[5].flip(-1)
+    p[6] *= 1e4
+    q[6] *= 1e4
+    p[7, v - 3] = NAN
+    q[8, v // 2] = INF
+    p[9, : v // 2] = -INF
+    q[9, : v // 2] = -INF
+    q[10] = p[10]  # KL(p, p) == 0 (when p and q have the same dtype)
+    return p.to(dtype_p), q.to(dtype_q)
+
+
+@pytest.mark.skipif(not HAVE_EXT or FORCED_TORCH, reason="extension not built")
+@pytest.mark.parametrize("isa", ["avx512", "avx2"])
+@pytest.mark.parametrize(
+    "dtypes",
+    [
+        (torch.float32, torch.float32),
+        (torch.bfloat16, torch.bfloat16),
+        (torch.float16, torch.float16),
+        (torch.float32, torch.bfloat16),
+        (torch.bfloat16, torch.float16),
+    ],
+    ids=lambda d: f"{str(d[0])[6:]}-{str(d[1])[6:]}",
+)
+def test_kl_prefetch_variants(monkeypatch, isa, dtypes):
+    """Both KL kernels (with and without the prefetch) match the oracle and each other bit for
+    bit, whichever of them this CPU runs by default (the rest of the suite tests that one)."""
+    monkeypatch.setenv("LENSKIT_CPU_ISA", isa)
+    if torch.ops.lenskit.cpu_isa() != isa:
+        pytest.skip(f"this CPU has no {isa}")
+    p, q = _kl_variety(*dtypes)
+    # Row-strided views too (the rows of a wider buffer).
+    wide_p = torch.full((p.shape[0], p.shape[1] + 40), -INF, dtype=p.dtype)
+    wide_p[:, 20 : 20 + p.shape[1]] = p
+    p_view = wide_p[:, 20 : 20 + p.shape[1]]
+    outs = {}
+    for flag in ("1", "0"):
+        monkeypatch.setenv("LENSKIT_KL_PREFETCH", flag)
+        assert torch.ops.lenskit.cpu_kl_prefetch() == (flag == "1")
+        outs[flag] = lenskit.kl_div(p, q)
+        assert_close(outs[flag], ref_kl(p, q))
+        assert _bit_identical(lenskit.kl_div(p_view, q), outs[flag])
+    assert _bit_identical(outs["1"], outs["0"])
+    assert float(outs["1"][3]) == INF
+    if dtypes[0] == dtypes[1]:
+        assert float(outs["1"][10]) == 0.0
+
+
 # ----------------------------------------------------------------------------- accuracy
 
 

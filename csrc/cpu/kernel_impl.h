@@ -10,7 +10,8 @@
 // cannot finish it:
 //   single pass (entropy_block_fast1; ISAs with Vec::kFastBlocks, once the running max m is
 //          finite): e = exp(x - m) against the running max straight from memory, the block max
-//          taken on the side, the next block prefetched (entropy only). Committed when the block max is <= m
+//          taken on the side, the next data prefetched (entropy always; kl_div in its Prefetch
+//          instantiation, see kKLPrefetchBytes). Committed when the block max is <= m
 //          and the sums are finite (the common case after the first blocks of a row). It
 //          starts without the per-entry -inf select (a -inf entry then makes a sum NaN)
 //          and keeps the select for the rest of the segment from the first such block on;
@@ -38,16 +39,25 @@ constexpr float kPosInf = __builtin_inff();
 LK_INLINE static int64_t lk_min(int64_t a, int64_t b) { return a < b ? a : b; }
 LK_INLINE static float lk_maxf(float a, float b) { return a > b ? a : b; }
 
-// Prefetches the cache lines of `count` elements at p (the next block, while the exp pass works
-// on the current one from L1, so that the memory stream overlaps the arithmetic).
-// The fast entropy blocks prefetch to L2 (with their cheaper arithmetic, L2 measured ~3-8%
-// faster than L1 on 2 cores); the careful entropy code keeps L1. kl_div prefetches nothing:
-// with software prefetches a block ahead on both rows, some distances between the p and q
-// buffers were slow on Zen 4, among them the one two same-shaped tensors allocated one after
-// the other get (q = p - (size + 4 KiB)): 1.3x slower on 2 threads, 1.7x on 1 (a C loop
-// with the same prefetches shows it too; the distances that hit move with the prefetch
-// distance). Without them kl_div ran at the read pass's speed at every distance tried.
+// Prefetches the cache lines of `count` elements at p (data ahead of the exp pass, so that the
+// memory stream overlaps the arithmetic).
+// The fast entropy blocks prefetch the next block to L2 (with their cheaper arithmetic, L2
+// measured ~3-8% faster than L1 on 2 cores); the careful entropy code keeps L1.
 constexpr int kFastPrefetchLocality = 2;
+
+// kl_div's fast blocks come in two instantiations, with and without a software prefetch
+// kKLPrefetchBytes ahead on both rows (to L1); ops_cpu.cpp picks one per CPU vendor:
+//   Intel (Sapphire/Emerald Rapids, 2 cores): the prefetch makes kl_div 20-30% faster
+//     ([2048, 49152] fp32: 39.6 -> 29.4 ms, below the 36 ms of a read pass over both inputs;
+//     AVX2, bf16 and [512, 128256] alike), at every distance between the p and q buffers tried
+//     (0-60 KiB past p's end, 1 and 2 threads). 2-4 KiB ahead and L1 or L2 measured alike.
+//   AMD Zen 4: a prefetch one block ahead made some distances between the buffers slow, among
+//     them the one two same-shaped tensors allocated one after the other get (q = p - (size
+//     + 4 KiB)): 1.3x slower on 2 threads, 1.7x on 1 (a C loop with the same prefetches shows
+//     it too; the distances that hit move with the prefetch distance). Without a prefetch
+//     kl_div ran at the read pass's speed at every distance tried.
+// The two instantiations do the same arithmetic, so they give bit-identical results.
+constexpr int64_t kKLPrefetchBytes = 2048;
 
 template <int64_t count, int locality = 3, class S>
 LK_INLINE static void prefetch_span(const S* p) {
@@ -518,11 +528,12 @@ __attribute__((noinline)) LK_TARGET static bool kl_block_careful(
   return true;
 }
 
-// The exp pass of the fast KL blocks against rp / rq (no prefetch, see above): the block
-// sums spb = sum 2^yp, sqb = sum 2^yq, ub = sum 2^yp (yp - yq) and the lane-wise block maxima.
+// The exp pass of the fast KL blocks against rp / rq, with Prefetch kKLPrefetchBytes ahead on
+// both rows (see there): the block sums spb = sum 2^yp, sqb = sum 2^yq, ub = sum 2^yp (yp - yq)
+// and the lane-wise block maxima.
 // u is accumulated in log2 units against y values that carry the shifts dCp and dCq, both
 // taken out in double (kl_commit). p == q gives bit-identical p and q sides, so KL(p, p) == 0.
-template <class TX, class TY, bool Masked>
+template <class TX, class TY, bool Masked, bool Prefetch>
 LK_INLINE static void kl_exp_pass(const typename TX::storage* xb, const typename TY::storage* yb,
                                   int64_t len, const FastRef& rp, const FastRef& rq, float& spb,
                                   float& sqb, float& ub, typename Vec::vec& mxp,
@@ -540,6 +551,12 @@ LK_INLINE static void kl_exp_pass(const typename TX::storage* xb, const typename
   vec mp0 = ninf, mp1 = ninf, mq0 = ninf, mq1 = ninf;
   int64_t i = 0;
   for (; i + 2 * W <= nfull; i += 2 * W) {
+    if constexpr (Prefetch) {
+      constexpr int64_t bx = 2 * W * static_cast<int64_t>(sizeof(*xb));
+      constexpr int64_t by = 2 * W * static_cast<int64_t>(sizeof(*yb));
+      prefetch_span<bx, 3>(reinterpret_cast<const char*>(xb + i) + kKLPrefetchBytes);
+      prefetch_span<by, 3>(reinterpret_cast<const char*>(yb + i) + kKLPrefetchBytes);
+    }
     vec a0, a1, b0, b1;
     load2<pairs, TX>(xb + i, a0, a1);
     load2<pairs, TY>(yb + i, b0, b1);
@@ -640,7 +657,7 @@ __attribute__((noinline)) LK_TARGET static bool kl_block_fast(const typename TX:
   rq.set(st.mq);
   float spb, sqb, ub;
   typename Vec::vec mxp, mxq;
-  kl_exp_pass<TX, TY, true>(xb, yb, len, rp, rq, spb, sqb, ub, mxp, mxq);
+  kl_exp_pass<TX, TY, true, false>(xb, yb, len, rp, rq, spb, sqb, ub, mxp, mxq);
   if (!(__builtin_isfinite(spb) && __builtin_isfinite(sqb) && __builtin_isfinite(ub))) {
     return kl_block_careful<TX, TY>(xb, yb, len, st);
   }
@@ -652,13 +669,13 @@ __attribute__((noinline)) LK_TARGET static bool kl_block_fast(const typename TX:
 // maxima on the side; a new maximum on either side or a non-finite sum hands the block to
 // kl_block_fast. Without Masked, a masked p entry gives 0 * -inf = NaN in u
 // (hand back, and mask from then on).
-template <class TX, class TY, bool Masked>
+template <class TX, class TY, bool Masked, bool Prefetch>
 LK_INLINE static bool kl_block_fast1(const typename TX::storage* xb,
                                      const typename TY::storage* yb, int64_t len, KLState& st,
                                      bool& masked, const FastRef& rp, const FastRef& rq) {
   float spb, sqb, ub;
   typename Vec::vec mxp, mxq;
-  kl_exp_pass<TX, TY, Masked>(xb, yb, len, rp, rq, spb, sqb, ub, mxp, mxq);
+  kl_exp_pass<TX, TY, Masked, Prefetch>(xb, yb, len, rp, rq, spb, sqb, ub, mxp, mxq);
   // A NaN may be dropped by the vector max, but then it is in the sums.
   const bool new_max =
       Vec::any_gt(mxp, Vec::set1(st.mp)) || Vec::any_gt(mxq, Vec::set1(st.mq));
@@ -682,7 +699,7 @@ LK_INLINE static bool kl_block_fast1(const typename TX::storage* xb,
   return true;
 }
 
-template <class TX, class TY>
+template <class TX, class TY, bool Prefetch>
 LK_TARGET static void kl_segment_t(const void* xv, const void* yv, int64_t n, KLState& st) {
   using SX = typename TX::storage;
   using SY = typename TY::storage;
@@ -699,8 +716,10 @@ LK_TARGET static void kl_segment_t(const void* xv, const void* yv, int64_t n, KL
       } else {
         rp.set(st.mp);
         rq.set(st.mq);
-        ok = masked ? kl_block_fast1<TX, TY, true>(x + b0, y + b0, len, st, masked, rp, rq)
-                    : kl_block_fast1<TX, TY, false>(x + b0, y + b0, len, st, masked, rp, rq);
+        ok = masked
+                 ? kl_block_fast1<TX, TY, true, Prefetch>(x + b0, y + b0, len, st, masked, rp, rq)
+                 : kl_block_fast1<TX, TY, false, Prefetch>(x + b0, y + b0, len, st, masked, rp,
+                                                           rq);
       }
     } else {
       ok = kl_block_careful<TX, TY>(x + b0, y + b0, len, st);
@@ -724,33 +743,34 @@ LK_TARGET static void entropy_segment(const void* x, DType dt, int64_t n, Entrop
   }
 }
 
-template <class TX>
+template <class TX, bool Prefetch>
 LK_TARGET static void kl_segment_x(const void* x, const void* y, DType dy, int64_t n,
                                    KLState& st) {
   switch (dy) {
     case DType::F32:
-      kl_segment_t<TX, F32T>(x, y, n, st);
+      kl_segment_t<TX, F32T, Prefetch>(x, y, n, st);
       break;
     case DType::F16:
-      kl_segment_t<TX, F16T>(x, y, n, st);
+      kl_segment_t<TX, F16T, Prefetch>(x, y, n, st);
       break;
     case DType::BF16:
-      kl_segment_t<TX, BF16T>(x, y, n, st);
+      kl_segment_t<TX, BF16T, Prefetch>(x, y, n, st);
       break;
   }
 }
 
+template <bool Prefetch>
 LK_TARGET static void kl_segment(const void* x, DType dx, const void* y, DType dy, int64_t n,
                                  KLState& st) {
   switch (dx) {
     case DType::F32:
-      kl_segment_x<F32T>(x, y, dy, n, st);
+      kl_segment_x<F32T, Prefetch>(x, y, dy, n, st);
       break;
     case DType::F16:
-      kl_segment_x<F16T>(x, y, dy, n, st);
+      kl_segment_x<F16T, Prefetch>(x, y, dy, n, st);
       break;
     case DType::BF16:
-      kl_segment_x<BF16T>(x, y, dy, n, st);
+      kl_segment_x<BF16T, Prefetch>(x, y, dy, n, st);
       break;
   }
 }

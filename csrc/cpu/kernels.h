@@ -70,6 +70,10 @@ struct IsaKernels {
   const char* name;
   EntropySegmentFn entropy;
   KLSegmentFn kl;
+  // The same KL kernel with a software prefetch ahead on both rows (same results, bit for bit;
+  // faster on some CPUs, see kKLPrefetchBytes in kernel_impl.h), or nullptr where the ISA has
+  // none.
+  KLSegmentFn kl_prefetch;
 };
 
 // One table per ISA (the vector ones exist only on x86-64 builds).
@@ -83,6 +87,10 @@ IsaKernels avx512_kernels();
 // The best kernels this CPU supports, or the ones named by the environment variable
 // LENSKIT_CPU_ISA=scalar|avx2|avx512 (capped at what the CPU supports; read on every call).
 const IsaKernels& select_kernels();
+
+// The KL kernel of `k` that the next kl_div call runs: the prefetching one on Intel CPUs, the
+// plain one elsewhere; LENSKIT_KL_PREFETCH=1 or 0 (read on every call) picks one instead.
+KLSegmentFn select_kl(const IsaKernels& k);
 
 }  // namespace cpu
 }  // namespace lenskit

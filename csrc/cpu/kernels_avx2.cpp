@@ -141,7 +141,8 @@ struct Vec {
 }  // namespace avx2_impl
 
 IsaKernels avx2_kernels() {
-  return {"avx2", &avx2_impl::entropy_segment, &avx2_impl::kl_segment};
+  return {"avx2", &avx2_impl::entropy_segment, &avx2_impl::kl_segment<false>,
+          &avx2_impl::kl_segment<true>};
 }
 
 }  // namespace cpu

@@ -74,7 +74,8 @@ struct Vec {
 }  // namespace scalar_impl
 
 IsaKernels scalar_kernels() {
-  return {"scalar", &scalar_impl::entropy_segment, &scalar_impl::kl_segment};
+  // No prefetch variant: the scalar code has no software prefetch (Vec::kPrefetch).
+  return {"scalar", &scalar_impl::entropy_segment, &scalar_impl::kl_segment<false>, nullptr};
 }
 
 }  // namespace cpu

@@ -132,6 +132,32 @@ const IsaKernels& select_kernels() {
 
 namespace {
 
+bool intel_cpu() {
+#if defined(LENSKIT_X86)
+  static const bool intel = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_is("intel") != 0;
+  }();
+  return intel;
+#else
+  return false;
+#endif
+}
+
+}  // namespace
+
+KLSegmentFn select_kl(const IsaKernels& k) {
+  if (k.kl_prefetch == nullptr) return k.kl;
+  bool prefetch = intel_cpu();
+  if (const char* env = std::getenv("LENSKIT_KL_PREFETCH")) {
+    if (std::strcmp(env, "1") == 0) prefetch = true;
+    else if (std::strcmp(env, "0") == 0) prefetch = false;
+  }
+  return prefetch ? k.kl_prefetch : k.kl;
+}
+
+namespace {
+
 DType dtype_of(const at::Tensor& x) {
   switch (x.scalar_type()) {
     case at::kFloat:
@@ -290,7 +316,7 @@ at::Tensor kl_div_cpu(const at::Tensor& p_logits, const at::Tensor& q_logits) {
   const at::Tensor x = as_rows(p_logits);
   const at::Tensor y = as_rows(q_logits);
   const cpu::Rows xr = cpu::rows_of(x), yr = cpu::rows_of(y);
-  const auto fn = cpu::select_kernels().kl;
+  const auto fn = cpu::select_kl(cpu::select_kernels());
   float* const po = out.data_ptr<float>();
   cpu::run_rows<cpu::KLState>(
       rows, v,
@@ -350,5 +376,10 @@ at::Tensor pairwise_kl_cpu(const at::Tensor& p_logits, const at::Tensor& q_logit
 }
 
 std::string cpu_isa() { return cpu::select_kernels().name; }
+
+bool cpu_kl_prefetch() {
+  const cpu::IsaKernels& k = cpu::select_kernels();
+  return k.kl_prefetch != nullptr && cpu::select_kl(k) == k.kl_prefetch;
+}
 
 }  // namespace lenskit
