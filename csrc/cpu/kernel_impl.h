@@ -47,7 +47,7 @@ constexpr int kFastPrefetchLocality = 2;
 
 // kl_div's fast blocks come in two instantiations, with and without a software prefetch
 // kKLPrefetchBytes ahead on both rows (to L1); ops_cpu.cpp picks one per CPU vendor:
-//   Intel (Sapphire/Emerald Rapids, 2 cores): the prefetch makes kl_div 20-30% faster
+//   Intel (Xeon, Emerald Rapids, 2 cores): the prefetch makes kl_div 20-30% faster
 //     ([2048, 49152] fp32: 39.6 -> 29.4 ms, below the 36 ms of a read pass over both inputs;
 //     AVX2, bf16 and [512, 128256] alike), at every distance between the p and q buffers tried
 //     (0-60 KiB past p's end, 1 and 2 threads). 2-4 KiB ahead and L1 or L2 measured alike.
