@@ -13,12 +13,15 @@ Run by ``make bench`` (not by the tests). Everything in the table is measured in
 * ``read``: ``x.sum(-1)`` (kl_div: of both inputs), a plain read pass: the memory-bound floor.
 * ``lenskit AVX2`` (CPU, when the default kernels are AVX-512): the op with
   ``LENSKIT_CPU_ISA=avx2``, what CPUs without AVX-512 run.
+* ``lenskit, prefetch flipped`` (CPU, vector kernels): the op with the other setting of
+  ``LENSKIT_CPU_PREFETCH`` than this CPU's default (see csrc/cpu/kernel_impl.h,
+  kPrefetchBytes), so that every run shows whether the default suits its CPU.
 
 On CPU a second table times kl_div with q placed at a few distances from p in one buffer
-(on 1 thread and on all), with and without its software prefetch (LENSKIT_KL_PREFETCH=1 / 0):
+(on 1 thread and on all), with and without its software prefetch (LENSKIT_CPU_PREFETCH=1 / 0):
 with a prefetch some placements cost kl_div up to 1.7x on AMD Zen 4, while on Intel the
 prefetch is 20-30% faster at every placement tried, so the default depends on the CPU vendor
-(see csrc/cpu/kernel_impl.h, kKLPrefetchBytes). The table shows which default fits the CPU
+(see csrc/cpu/kernel_impl.h, kPrefetchBytes). The table shows which default fits the CPU
 that runs it.
 
 Times are medians over ``--reps`` calls (``--eager-reps`` for eager) after one warm-up call;
@@ -133,6 +136,10 @@ def bench_case(op: str, shape, dtype, device, compiled, reps: int, eager_reps: i
     if with_avx2(device):
         fns["avx2"] = with_env(fast, "LENSKIT_CPU_ISA", "avx2")
         reps_of["avx2"] = reps
+    if device.type == "cpu" and lenskit.backend(device) == "cpp":
+        flipped = "0" if torch.ops.lenskit.cpu_prefetch() else "1"
+        fns["flipped"] = with_env(fast, "LENSKIT_CPU_PREFETCH", flipped)
+        reps_of["flipped"] = reps
     t = interleaved_times(fns, args, reps_of)
     t_fast, t_comp, t_read = t["fast"], t["comp"], t["read"]
     t_eager = min(t["eager0"], t["eager1"])
@@ -149,6 +156,7 @@ def bench_case(op: str, shape, dtype, device, compiled, reps: int, eager_reps: i
         "vs_eager": t_eager / t_fast,
         "vs_comp": t_comp / t_fast,
         "avx2_ms": t["avx2"] * 1e3 if "avx2" in t else None,
+        "flipped_ms": t["flipped"] * 1e3 if "flipped" in t else None,
     }
 
 
@@ -173,8 +181,8 @@ def layout_table(reps: int) -> str:
         "read pass ms |\n|---|---:|---:|---:|---:|\n"
     )
     fns = {
-        "prefetch": with_env(lenskit.kl_div, "LENSKIT_KL_PREFETCH", "1"),
-        "plain": with_env(lenskit.kl_div, "LENSKIT_KL_PREFETCH", "0"),
+        "prefetch": with_env(lenskit.kl_div, "LENSKIT_CPU_PREFETCH", "1"),
+        "plain": with_env(lenskit.kl_div, "LENSKIT_CPU_PREFETCH", "0"),
         "read": read_pass,
     }
     lines = []
@@ -205,7 +213,7 @@ def with_avx2(device: torch.device) -> bool:
 
 def with_env(fn, name: str, value: str):
     """fn run with the environment variable name=value (the extension reads LENSKIT_CPU_ISA and
-    LENSKIT_KL_PREFETCH on every call)."""
+    LENSKIT_CPU_PREFETCH on every call)."""
 
     def run(*args):
         old = os.environ.get(name)
@@ -302,12 +310,15 @@ def _ratio(r: dict, key: str) -> str:
 
 def table(rows: list[dict]) -> str:
     avx2 = any(r["avx2_ms"] is not None for r in rows)
+    flipped = any(r["flipped_ms"] is not None for r in rows)
     head = (
         "| op | shape | dtype | lenskit ms | lenskit GB/s | read pass GB/s | eager ms | "
         "compile ms | x eager | x compile |"
         + (" lenskit AVX2 ms |" if avx2 else "")
+        + (" lenskit, prefetch flipped ms |" if flipped else "")
         + "\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|"
         + ("---:|" if avx2 else "")
+        + ("---:|" if flipped else "")
         + "\n"
     )
     body = "".join(
@@ -315,6 +326,7 @@ def table(rows: list[dict]) -> str:
         f"{r['read_gbs']:.1f} | {r['eager_ms']:.1f} | {r['comp_ms']:.1f} | "
         f"{_ratio(r, 'vs_eager')} | {_ratio(r, 'vs_comp')} |"
         + (f" {r['avx2_ms']:.1f} |" if avx2 else "")
+        + (f" {r['flipped_ms']:.1f} |" if flipped else "")
         + "\n"
         for r in rows
     )
@@ -377,8 +389,8 @@ def main() -> None:
                 rows.append(combine(runs))
         title = f"### {dev.type.upper()} (backend {lenskit.backend(dev)}"
         if dev.type == "cpu" and lenskit.backend(dev) == "cpp":
-            title += f", kernels {torch.ops.lenskit.cpu_isa()}, kl_div prefetch " + (
-                "on" if torch.ops.lenskit.cpu_kl_prefetch() else "off"
+            title += f", kernels {torch.ops.lenskit.cpu_isa()}, prefetch " + (
+                "on" if torch.ops.lenskit.cpu_prefetch() else "off"
             )
         title += ")\n\n"
         extra = ""
@@ -410,7 +422,8 @@ def main() -> None:
             "read pass = x.sum(-1) over the same input(s)"
             + (
                 "; lenskit AVX2 = the same op with LENSKIT_CPU_ISA=avx2 (what CPUs without "
-                "AVX-512 run)"
+                "AVX-512 run); prefetch flipped = the same op with the other "
+                "LENSKIT_CPU_PREFETCH setting than this CPU's default"
                 if dev.type == "cpu"
                 else ""
             )

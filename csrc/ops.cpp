@@ -48,9 +48,9 @@ TORCH_LIBRARY(lenskit, m) {
   m.def("has_cuda() -> bool", &has_cuda);
   // Which CPU kernels the next call uses: "avx512", "avx2" or "scalar" (LENSKIT_CPU_ISA caps it).
   m.def("cpu_isa() -> str", &cpu_isa);
-  // Whether the next CPU kl_div call prefetches ahead on both rows: by default on Intel CPUs
-  // only; LENSKIT_KL_PREFETCH=1 or 0 overrides. The results are the same either way.
-  m.def("cpu_kl_prefetch() -> bool", &cpu_kl_prefetch);
+  // Whether the next CPU entropy / kl_div call runs the prefetching kernels: by default on Intel
+  // CPUs only; LENSKIT_CPU_PREFETCH=1 or 0 overrides (same results up to rounding).
+  m.def("cpu_prefetch() -> bool", &cpu_prefetch);
 }
 
 TORCH_LIBRARY_IMPL(lenskit, CPU, m) {

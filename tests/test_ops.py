@@ -179,21 +179,22 @@ def _cpu_vendor_is_intel() -> bool | None:
 
 
 @pytest.mark.skipif(not HAVE_EXT, reason="extension not built")
-def test_kl_prefetch_choice(monkeypatch):
-    """kl_div prefetches by default on Intel CPUs only; LENSKIT_KL_PREFETCH=1/0 overrides."""
+def test_prefetch_choice(monkeypatch):
+    """The CPU kernels prefetch by default on Intel CPUs only; LENSKIT_CPU_PREFETCH=1/0
+    overrides."""
     monkeypatch.delenv("LENSKIT_CPU_ISA", raising=False)
-    monkeypatch.delenv("LENSKIT_KL_PREFETCH", raising=False)
+    monkeypatch.delenv("LENSKIT_CPU_PREFETCH", raising=False)
     vector = torch.ops.lenskit.cpu_isa() != "scalar"
     intel = _cpu_vendor_is_intel()
     if intel is not None:
-        assert torch.ops.lenskit.cpu_kl_prefetch() == (vector and intel)
-    monkeypatch.setenv("LENSKIT_KL_PREFETCH", "1")
-    assert torch.ops.lenskit.cpu_kl_prefetch() == vector
-    monkeypatch.setenv("LENSKIT_KL_PREFETCH", "0")
-    assert not torch.ops.lenskit.cpu_kl_prefetch()
+        assert torch.ops.lenskit.cpu_prefetch() == (vector and intel)
+    monkeypatch.setenv("LENSKIT_CPU_PREFETCH", "1")
+    assert torch.ops.lenskit.cpu_prefetch() == vector
+    monkeypatch.setenv("LENSKIT_CPU_PREFETCH", "0")
+    assert not torch.ops.lenskit.cpu_prefetch()
     monkeypatch.setenv("LENSKIT_CPU_ISA", "scalar")  # no prefetching variant there
-    monkeypatch.setenv("LENSKIT_KL_PREFETCH", "1")
-    assert not torch.ops.lenskit.cpu_kl_prefetch()
+    monkeypatch.setenv("LENSKIT_CPU_PREFETCH", "1")
+    assert not torch.ops.lenskit.cpu_prefetch()
 
 
 def _bit_identical(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -252,8 +253,8 @@ def test_kl_prefetch_variants(monkeypatch, isa, dtypes):
     p_view = wide_p[:, 20 : 20 + p.shape[1]]
     outs = {}
     for flag in ("1", "0"):
-        monkeypatch.setenv("LENSKIT_KL_PREFETCH", flag)
-        assert torch.ops.lenskit.cpu_kl_prefetch() == (flag == "1")
+        monkeypatch.setenv("LENSKIT_CPU_PREFETCH", flag)
+        assert torch.ops.lenskit.cpu_prefetch() == (flag == "1")
         outs[flag] = lenskit.kl_div(p, q)
         assert_close(outs[flag], ref_kl(p, q))
         assert _bit_identical(lenskit.kl_div(p_view, q), outs[flag])
@@ -261,6 +262,49 @@ def test_kl_prefetch_variants(monkeypatch, isa, dtypes):
     assert float(outs["1"][3]) == INF
     if dtypes[0] == dtypes[1]:
         assert float(outs["1"][10]) == 0.0
+
+
+def _entropy_variety(v: int, dtype: torch.dtype) -> torch.Tensor:
+    """Rows for the two-stream entropy code (a segment read as two halves): maxima in either
+    half, a half all masked, NaN / +inf in one half only, one-hot, uniform, large magnitudes."""
+    g = torch.Generator().manual_seed(v)
+    x = torch.randn(12, v, generator=g) * 3
+    x[1] = x[1].masked_fill(torch.rand(v, generator=g) < 0.1, -INF)
+    x[2] = torch.linspace(-300, 300, v)  # the max in the second half, rising block by block
+    x[3] = torch.linspace(300, -300, v)
+    x[4, : v // 2] = -INF
+    x[5, v // 2 :] = -INF
+    x[6] = -INF
+    x[6, v - 1] = 2.0  # one-hot at the very end: entropy exactly 0
+    x[7, v - 2] = NAN
+    x[8, 3] = INF
+    x[9] = 0.5  # uniform: log V
+    x[10] *= 1e4
+    x[11, v // 2 + 5] = 60.0  # one dominant entry in the second half
+    return x.to(dtype)
+
+
+@pytest.mark.skipif(not HAVE_EXT or FORCED_TORCH, reason="extension not built")
+@pytest.mark.parametrize("isa", ["avx512", "avx2"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("v", [3000, 4096, 5 * 1024 + 13, 7 * 1024, 49152])
+def test_entropy_prefetch_variants(monkeypatch, isa, dtype, v):
+    """Entropy with and without the prefetching (two-stream) kernels: both match the oracle,
+    entropy_lse's entropy equals entropy's bit for bit under each, and the special rows keep
+    their exact values."""
+    monkeypatch.setenv("LENSKIT_CPU_ISA", isa)
+    if torch.ops.lenskit.cpu_isa() != isa:
+        pytest.skip(f"this CPU has no {isa}")
+    x = _entropy_variety(v, dtype)
+    for flag in ("1", "0"):
+        monkeypatch.setenv("LENSKIT_CPU_PREFETCH", flag)
+        assert torch.ops.lenskit.cpu_prefetch() == (flag == "1")
+        out = lenskit.entropy(x)
+        assert_close(out, ref_entropy(x))
+        assert_entropy_lse(x, backend="cpp")
+        assert float(out[6]) == 0.0
+        assert bool(torch.isnan(out[7])) and bool(torch.isnan(out[8]))
+        assert float(out[9]) == pytest.approx(math.log(v), rel=1e-5)
 
 
 # ----------------------------------------------------------------------------- accuracy

@@ -70,9 +70,9 @@ struct IsaKernels {
   const char* name;
   EntropySegmentFn entropy;
   KLSegmentFn kl;
-  // The same KL kernel with a software prefetch ahead on both rows (same results, bit for bit;
-  // faster on some CPUs, see kKLPrefetchBytes in kernel_impl.h), or nullptr where the ISA has
-  // none.
+  // The same kernels with software prefetches (entropy: two streams a segment; faster on some
+  // CPUs, see kPrefetchBytes in kernel_impl.h), or nullptr where the ISA has none.
+  EntropySegmentFn entropy_prefetch;
   KLSegmentFn kl_prefetch;
 };
 
@@ -88,9 +88,9 @@ IsaKernels avx512_kernels();
 // LENSKIT_CPU_ISA=scalar|avx2|avx512 (capped at what the CPU supports; read on every call).
 const IsaKernels& select_kernels();
 
-// The KL kernel of `k` that the next kl_div call runs: the prefetching one on Intel CPUs, the
-// plain one elsewhere; LENSKIT_KL_PREFETCH=1 or 0 (read on every call) picks one instead.
-KLSegmentFn select_kl(const IsaKernels& k);
+// Whether the next call runs the prefetching kernels of `k`: by default on Intel CPUs (where
+// the ISA has them); LENSKIT_CPU_PREFETCH=1 or 0 (read on every call) picks instead.
+bool use_prefetch(const IsaKernels& k);
 
 }  // namespace cpu
 }  // namespace lenskit

@@ -141,8 +141,8 @@ struct Vec {
 }  // namespace avx2_impl
 
 IsaKernels avx2_kernels() {
-  return {"avx2", &avx2_impl::entropy_segment, &avx2_impl::kl_segment<false>,
-          &avx2_impl::kl_segment<true>};
+  return {"avx2", &avx2_impl::entropy_segment<false>, &avx2_impl::kl_segment<false>,
+          &avx2_impl::entropy_segment<true>, &avx2_impl::kl_segment<true>};
 }
 
 }  // namespace cpu

@@ -146,8 +146,8 @@ struct Vec {
 }  // namespace avx512_impl
 
 IsaKernels avx512_kernels() {
-  return {"avx512", &avx512_impl::entropy_segment, &avx512_impl::kl_segment<false>,
-          &avx512_impl::kl_segment<true>};
+  return {"avx512", &avx512_impl::entropy_segment<false>, &avx512_impl::kl_segment<false>,
+          &avx512_impl::entropy_segment<true>, &avx512_impl::kl_segment<true>};
 }
 
 }  // namespace cpu

@@ -74,8 +74,9 @@ struct Vec {
 }  // namespace scalar_impl
 
 IsaKernels scalar_kernels() {
-  // No prefetch variant: the scalar code has no software prefetch (Vec::kPrefetch).
-  return {"scalar", &scalar_impl::entropy_segment, &scalar_impl::kl_segment<false>, nullptr};
+  // No prefetch variants: the scalar code has no software prefetch (Vec::kPrefetch).
+  return {"scalar", &scalar_impl::entropy_segment<false>, &scalar_impl::kl_segment<false>,
+          nullptr, nullptr};
 }
 
 }  // namespace cpu

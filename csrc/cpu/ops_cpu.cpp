@@ -146,14 +146,13 @@ bool intel_cpu() {
 
 }  // namespace
 
-KLSegmentFn select_kl(const IsaKernels& k) {
-  if (k.kl_prefetch == nullptr) return k.kl;
-  bool prefetch = intel_cpu();
-  if (const char* env = std::getenv("LENSKIT_KL_PREFETCH")) {
-    if (std::strcmp(env, "1") == 0) prefetch = true;
-    else if (std::strcmp(env, "0") == 0) prefetch = false;
+bool use_prefetch(const IsaKernels& k) {
+  if (k.kl_prefetch == nullptr || k.entropy_prefetch == nullptr) return false;
+  if (const char* env = std::getenv("LENSKIT_CPU_PREFETCH")) {
+    if (std::strcmp(env, "1") == 0) return true;
+    if (std::strcmp(env, "0") == 0) return false;
   }
-  return prefetch ? k.kl_prefetch : k.kl;
+  return intel_cpu();
 }
 
 namespace {
@@ -273,7 +272,8 @@ void entropy_rows_cpu(const at::Tensor& logits, const at::Tensor& out, const at:
   }
   const at::Tensor x = as_rows(logits);
   const cpu::Rows xr = cpu::rows_of(x);
-  const auto fn = cpu::select_kernels().entropy;
+  const cpu::IsaKernels& k = cpu::select_kernels();
+  const auto fn = cpu::use_prefetch(k) ? k.entropy_prefetch : k.entropy;
   float* const po = out.data_ptr<float>();
   float* const pl = lse.defined() ? lse.data_ptr<float>() : nullptr;
   cpu::run_rows<cpu::EntropyState>(
@@ -316,7 +316,8 @@ at::Tensor kl_div_cpu(const at::Tensor& p_logits, const at::Tensor& q_logits) {
   const at::Tensor x = as_rows(p_logits);
   const at::Tensor y = as_rows(q_logits);
   const cpu::Rows xr = cpu::rows_of(x), yr = cpu::rows_of(y);
-  const auto fn = cpu::select_kl(cpu::select_kernels());
+  const cpu::IsaKernels& k = cpu::select_kernels();
+  const auto fn = cpu::use_prefetch(k) ? k.kl_prefetch : k.kl;
   float* const po = out.data_ptr<float>();
   cpu::run_rows<cpu::KLState>(
       rows, v,
@@ -377,9 +378,6 @@ at::Tensor pairwise_kl_cpu(const at::Tensor& p_logits, const at::Tensor& q_logit
 
 std::string cpu_isa() { return cpu::select_kernels().name; }
 
-bool cpu_kl_prefetch() {
-  const cpu::IsaKernels& k = cpu::select_kernels();
-  return k.kl_prefetch != nullptr && cpu::select_kl(k) == k.kl_prefetch;
-}
+bool cpu_prefetch() { return cpu::use_prefetch(cpu::select_kernels()); }
 
 }  // namespace lenskit

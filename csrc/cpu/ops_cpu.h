@@ -15,7 +15,7 @@ at::Tensor kl_div_cpu(const at::Tensor& p_logits, const at::Tensor& q_logits);
 at::Tensor pairwise_kl_cpu(const at::Tensor& p_logits, const at::Tensor& q_logits);
 // Name of the kernel set the next call will use: "avx512", "avx2" or "scalar".
 std::string cpu_isa();
-// Whether the next kl_div call runs the prefetching KL kernel (see cpu::select_kl).
-bool cpu_kl_prefetch();
+// Whether the next entropy / kl_div call runs the prefetching kernels (see cpu::use_prefetch).
+bool cpu_prefetch();
 
 }  // namespace lenskit
