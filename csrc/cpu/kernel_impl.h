@@ -351,6 +351,40 @@ LK_INLINE static bool entropy_block_fast1(const typename T::storage* xb, int64_t
   return entropy_fast1_finish<T, Masked>(xb, len, st, masked, ref, sb, tb, mx);
 }
 
+// One step of an exp pass over two rows at once (element-interleaved: two memory streams):
+// 2W elements of each (xa against the reference -nca, xb against -ncb), their lane maxima
+// folded into ma / mb, and y = x L - C and e = 2^y for both; with Prefetch, the data
+// kPrefetchBytes ahead on both rows is prefetched to L1.
+struct TwoRowStep {
+  typename Vec::vec a[2], b[2], ya[2], yb[2], ea[2], eb[2];
+};
+
+template <bool Pairs, bool Prefetch, class TA, class TB>
+LK_INLINE static void two_row_step(const typename TA::storage* xa, const typename TB::storage* xb,
+                                   typename Vec::vec vl, typename Vec::vec nca,
+                                   typename Vec::vec ncb, typename Vec::vec (&ma)[2],
+                                   typename Vec::vec (&mb)[2], TwoRowStep& r) {
+  constexpr int64_t W = Vec::W;
+  if constexpr (Prefetch) {
+    constexpr int64_t bytes_a = 2 * W * static_cast<int64_t>(sizeof(*xa));
+    constexpr int64_t bytes_b = 2 * W * static_cast<int64_t>(sizeof(*xb));
+    prefetch_span<bytes_a, 3>(reinterpret_cast<const char*>(xa) + kPrefetchBytes);
+    prefetch_span<bytes_b, 3>(reinterpret_cast<const char*>(xb) + kPrefetchBytes);
+  }
+  load2<Pairs, TA>(xa, r.a[0], r.a[1]);
+  load2<Pairs, TB>(xb, r.b[0], r.b[1]);
+  for (int k = 0; k < 2; ++k) {
+    ma[k] = Vec::max(ma[k], r.a[k]);
+    mb[k] = Vec::max(mb[k], r.b[k]);
+    r.ya[k] = Vec::fmadd(r.a[k], vl, nca);
+    r.yb[k] = Vec::fmadd(r.b[k], vl, ncb);
+  }
+  for (int k = 0; k < 2; ++k) {
+    r.ea[k] = Vec::exp2_fast(r.ya[k]);
+    r.eb[k] = Vec::exp2_fast(r.yb[k]);
+  }
+}
+
 // Entropy's Prefetch instantiation reads a segment as two halves in lockstep, in blocks of
 // kPairBlock elements (two memory streams, like kl_div's two rows), prefetching
 // kPrefetchBytes ahead on both; the halves' states are merged at the end. [2048, 49152] fp32
@@ -374,41 +408,25 @@ LK_INLINE static void entropy_exp_pass2(const typename T::storage* xa,
   const vec ninf = Vec::set1(kNegInf);
   vec sa0 = Vec::zero(), sa1 = Vec::zero(), ta0 = Vec::zero(), ta1 = Vec::zero();
   vec sb0 = Vec::zero(), sb1 = Vec::zero(), tb0 = Vec::zero(), tb1 = Vec::zero();
-  vec ma0 = ninf, ma1 = ninf, mb0 = ninf, mb1 = ninf;
+  vec ma[2] = {ninf, ninf}, mb[2] = {ninf, ninf};
   for (int64_t i = 0; i < kPairBlock; i += 2 * W) {
-    constexpr int64_t bytes = 2 * W * static_cast<int64_t>(sizeof(*xa));
-    prefetch_span<bytes, 3>(reinterpret_cast<const char*>(xa + i) + kPrefetchBytes);
-    prefetch_span<bytes, 3>(reinterpret_cast<const char*>(xb + i) + kPrefetchBytes);
-    vec a0, a1, b0, b1;
-    load2<pairs, T>(xa + i, a0, a1);
-    load2<pairs, T>(xb + i, b0, b1);
-    ma0 = Vec::max(ma0, a0);
-    ma1 = Vec::max(ma1, a1);
-    mb0 = Vec::max(mb0, b0);
-    mb1 = Vec::max(mb1, b1);
-    const vec ya0 = Vec::fmadd(a0, vl, vnca);
-    const vec ya1 = Vec::fmadd(a1, vl, vnca);
-    const vec yb0 = Vec::fmadd(b0, vl, vncb);
-    const vec yb1 = Vec::fmadd(b1, vl, vncb);
-    const vec ea0 = Vec::exp2_fast(ya0);
-    const vec ea1 = Vec::exp2_fast(ya1);
-    const vec eb0 = Vec::exp2_fast(yb0);
-    const vec eb1 = Vec::exp2_fast(yb1);
-    sa0 = Vec::add(sa0, ea0);
-    sa1 = Vec::add(sa1, ea1);
-    sb0 = Vec::add(sb0, eb0);
-    sb1 = Vec::add(sb1, eb1);
-    ta0 = acc_live<Masked>(ta0, a0, ea0, ya0);
-    ta1 = acc_live<Masked>(ta1, a1, ea1, ya1);
-    tb0 = acc_live<Masked>(tb0, b0, eb0, yb0);
-    tb1 = acc_live<Masked>(tb1, b1, eb1, yb1);
+    TwoRowStep r;
+    two_row_step<pairs, true, T, T>(xa + i, xb + i, vl, vnca, vncb, ma, mb, r);
+    sa0 = Vec::add(sa0, r.ea[0]);
+    sa1 = Vec::add(sa1, r.ea[1]);
+    sb0 = Vec::add(sb0, r.eb[0]);
+    sb1 = Vec::add(sb1, r.eb[1]);
+    ta0 = acc_live<Masked>(ta0, r.a[0], r.ea[0], r.ya[0]);
+    ta1 = acc_live<Masked>(ta1, r.a[1], r.ea[1], r.ya[1]);
+    tb0 = acc_live<Masked>(tb0, r.b[0], r.eb[0], r.yb[0]);
+    tb1 = acc_live<Masked>(tb1, r.b[1], r.eb[1], r.yb[1]);
   }
   sa = Vec::reduce_add(Vec::add(sa0, sa1));
   ta = Vec::reduce_add(Vec::add(ta0, ta1));
-  mxa = Vec::max(ma0, ma1);
+  mxa = Vec::max(ma[0], ma[1]);
   sb = Vec::reduce_add(Vec::add(sb0, sb1));
   tb = Vec::reduce_add(Vec::add(tb0, tb1));
-  mxb = Vec::max(mb0, mb1);
+  mxb = Vec::max(mb[0], mb[1]);
 }
 
 // One block of a segment on its own (the careful code until the running max is finite).
@@ -676,40 +694,23 @@ LK_INLINE static void kl_exp_pass(const typename TX::storage* xb, const typename
   const vec ninf = Vec::set1(kNegInf);
   vec sp0 = Vec::zero(), sp1 = Vec::zero(), sq0 = Vec::zero(), sq1 = Vec::zero();
   vec u0 = Vec::zero(), u1 = Vec::zero();
-  vec mp0 = ninf, mp1 = ninf, mq0 = ninf, mq1 = ninf;
+  vec mp[2] = {ninf, ninf}, mq[2] = {ninf, ninf};
   int64_t i = 0;
   for (; i + 2 * W <= nfull; i += 2 * W) {
-    if constexpr (Prefetch) {
-      constexpr int64_t bx = 2 * W * static_cast<int64_t>(sizeof(*xb));
-      constexpr int64_t by = 2 * W * static_cast<int64_t>(sizeof(*yb));
-      prefetch_span<bx, 3>(reinterpret_cast<const char*>(xb + i) + kPrefetchBytes);
-      prefetch_span<by, 3>(reinterpret_cast<const char*>(yb + i) + kPrefetchBytes);
-    }
-    vec a0, a1, b0, b1;
-    load2<pairs, TX>(xb + i, a0, a1);
-    load2<pairs, TY>(yb + i, b0, b1);
-    mp0 = Vec::max(mp0, a0);
-    mp1 = Vec::max(mp1, a1);
-    mq0 = Vec::max(mq0, b0);
-    mq1 = Vec::max(mq1, b1);
-    const vec yp0 = Vec::fmadd(a0, vl, vncp);
-    const vec yp1 = Vec::fmadd(a1, vl, vncp);
-    const vec yq0 = Vec::fmadd(b0, vl, vncq);
-    const vec yq1 = Vec::fmadd(b1, vl, vncq);
-    const vec ep0 = Vec::exp2_fast(yp0);
-    const vec ep1 = Vec::exp2_fast(yp1);
-    sp0 = Vec::add(sp0, ep0);
-    sp1 = Vec::add(sp1, ep1);
-    sq0 = Vec::add(sq0, Vec::exp2_fast(yq0));
-    sq1 = Vec::add(sq1, Vec::exp2_fast(yq1));
-    u0 = acc_live<Masked>(u0, a0, ep0, Vec::sub(yp0, yq0));
-    u1 = acc_live<Masked>(u1, a1, ep1, Vec::sub(yp1, yq1));
+    TwoRowStep r;
+    two_row_step<pairs, Prefetch, TX, TY>(xb + i, yb + i, vl, vncp, vncq, mp, mq, r);
+    sp0 = Vec::add(sp0, r.ea[0]);
+    sp1 = Vec::add(sp1, r.ea[1]);
+    sq0 = Vec::add(sq0, r.eb[0]);
+    sq1 = Vec::add(sq1, r.eb[1]);
+    u0 = acc_live<Masked>(u0, r.a[0], r.ea[0], Vec::sub(r.ya[0], r.yb[0]));
+    u1 = acc_live<Masked>(u1, r.a[1], r.ea[1], Vec::sub(r.ya[1], r.yb[1]));
   }
   for (; i < nfull; i += W) {
     const vec a0 = Vec::load(TX{}, xb + i);
     const vec b0 = Vec::load(TY{}, yb + i);
-    mp0 = Vec::max(mp0, a0);
-    mq0 = Vec::max(mq0, b0);
+    mp[0] = Vec::max(mp[0], a0);
+    mq[0] = Vec::max(mq[0], b0);
     const vec yp0 = Vec::fmadd(a0, vl, vncp);
     const vec yq0 = Vec::fmadd(b0, vl, vncq);
     const vec ep0 = Vec::exp2_fast(yp0);
@@ -721,8 +722,8 @@ LK_INLINE static void kl_exp_pass(const typename TX::storage* xb, const typename
     // Tail lanes read as -inf on both sides: always masked.
     const vec a1 = Vec::load_tail(TX{}, xb + nfull, tail);
     const vec b1 = Vec::load_tail(TY{}, yb + nfull, tail);
-    mp1 = Vec::max(mp1, a1);
-    mq1 = Vec::max(mq1, b1);
+    mp[1] = Vec::max(mp[1], a1);
+    mq[1] = Vec::max(mq[1], b1);
     const vec yp1 = Vec::fmadd(a1, vl, vncp);
     const vec yq1 = Vec::fmadd(b1, vl, vncq);
     const vec ep1 = Vec::exp2_fast(yp1);
@@ -733,8 +734,8 @@ LK_INLINE static void kl_exp_pass(const typename TX::storage* xb, const typename
   spb = Vec::reduce_add(Vec::add(sp0, sp1));
   sqb = Vec::reduce_add(Vec::add(sq0, sq1));
   ub = Vec::reduce_add(Vec::add(u0, u1));
-  mxp = Vec::max(mp0, mp1);
-  mxq = Vec::max(mq0, mq1);
+  mxp = Vec::max(mp[0], mp[1]);
+  mxq = Vec::max(mq[0], mq[1]);
 }
 
 // How far (in logit units) a block max may exceed the running max and still be committed
