@@ -11,10 +11,10 @@
 //   single pass (entropy_block_fast1; ISAs with Vec::kFastBlocks, once the running max m is
 //          finite): e = exp(x - m) against the running max straight from memory, the block max
 //          taken on the side, the data ahead prefetched (see kPrefetchBytes). Committed when
-//          the block max is <= m
-//          and the sums are finite (the common case after the first blocks of a row). It
-//          starts without the per-entry -inf select (a -inf entry then makes a sum NaN)
-//          and keeps the select for the rest of the segment from the first such block on;
+//          the block max is <= m and the sums are finite (the common case after the first
+//          blocks of a row). It starts without the per-entry -inf select (a -inf entry
+//          then makes a sum NaN) and keeps the select for the rest of the segment from the
+//          first such block on;
 //   redo (entropy_block_fast): with the block max the single pass found, the rescale, then
 //          the same exp pass again from L1;
 //   careful (entropy_block_careful; every ISA, the only code without kFastBlocks, and the
@@ -320,12 +320,6 @@ __attribute__((noinline)) LK_TARGET static bool entropy_block_fast(
   return true;
 }
 
-// Single-pass fast block: the exp pass runs against the running max st.m straight from
-// memory, with the block max taken on the side, so that no separate max pass re-reads the
-// block. Only when the block max exceeds st.m (a new row max: rare after the first blocks of
-// a row) or a sum is not finite is the block handed to the redo code above, which then
-// finds it in L1/L2. A non-finite t sum in the unmasked code sets `masked` (the row has -inf
-// entries) for the rest of the segment.
 // What the single pass does with its block sums: commit them, or hand the block to the redo
 // code (a new max or a non-finite sum; a non-finite t in the unmasked code sets `masked`).
 template <class T, bool Masked>
@@ -342,6 +336,12 @@ LK_INLINE static bool entropy_fast1_finish(const typename T::storage* xb, int64_
   return true;
 }
 
+// Single-pass fast block: the exp pass runs against the running max st.m straight from
+// memory, with the block max taken on the side, so that no separate max pass re-reads the
+// block. Only when the block max exceeds st.m (a new row max: rare after the first blocks of
+// a row) or a sum is not finite is the block handed to the redo code above, which then
+// finds it in L1/L2. A non-finite t sum in the unmasked code sets `masked` (the row has -inf
+// entries) for the rest of the segment.
 template <class T, bool Masked>
 LK_INLINE static bool entropy_block_fast1(const typename T::storage* xb, int64_t len,
                                           EntropyState& st, bool& masked, const FastRef& ref) {
