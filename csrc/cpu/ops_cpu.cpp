@@ -111,6 +111,19 @@ int best_isa_level() {
 #endif
 }
 
+// The prefetching kernels' default (see kPrefetchBytes in kernel_impl.h).
+bool intel_cpu() {
+#if defined(LENSKIT_X86)
+  static const bool intel = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_is("intel") != 0;
+  }();
+  return intel;
+#else
+  return false;
+#endif
+}
+
 }  // namespace
 
 const IsaKernels& select_kernels() {
@@ -129,22 +142,6 @@ const IsaKernels& select_kernels() {
   }
   return tables[level];
 }
-
-namespace {
-
-bool intel_cpu() {
-#if defined(LENSKIT_X86)
-  static const bool intel = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_is("intel") != 0;
-  }();
-  return intel;
-#else
-  return false;
-#endif
-}
-
-}  // namespace
 
 bool use_prefetch(const IsaKernels& k) {
   if (k.kl_prefetch == nullptr || k.entropy_prefetch == nullptr) return false;
