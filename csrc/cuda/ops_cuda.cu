@@ -1,18 +1,10 @@
 // CUDA kernels for torch.ops.lenskit.{entropy, entropy_lse, kl_div, pairwise_kl}.
 //
-// Semantics are those of lenskit/reference.py (see the numerical contract in DESIGN.md):
-// fp32/fp16/bf16 in, fp32 accumulation, fp32 out of shape logits.shape[:-1]; -inf entries are
-// masked (contribute 0); an all -inf row (or V == 0) gives NaN; NaN or +inf in a row gives NaN;
-// KL is +inf where q is masked and p is not; tiny negative KL is clamped to 0.
+// The per-row arithmetic (online-softmax states, their update / merge / finish, each thread's
+// walk over a row) is in rows.cuh, shared with the CPU emulation of these kernels in
+// tests/cuda_emulation/; this file holds the reductions across threads, the kernels, their
+// launch configuration and the host side.
 //
-// One pass over global memory. Each thread keeps an "online softmax" state over the elements it
-// reads: the running max m (of the live, finite entries) and sums taken relative to m, which are
-// rescaled by exp(m_old - m_new) whenever m grows (once per 16-byte vector, not per element).
-//   entropy: s = sum e^(x-m),  t = sum e^(x-m) (x-m);          H  = log s - t/s
-//   kl_div:  sp = sum e^(x-mp), u = sum e^(x-mp) (x-y), sq = sum e^(y-mq);
-//            KL = u/sp + (mq - mp) + log(sq/sp)
-// NaN/+inf entries are counted in a flag and otherwise treated as masked, so the arithmetic on
-// the states never produces NaN by itself; the flags decide the special results at the end.
 // Thread states are merged with warp shuffles (butterfly) and, across warps, through shared
 // memory (one slot per warp, merged by warp 0).
 //
@@ -38,8 +30,9 @@
 //     is followed by C10_CUDA_KERNEL_LAUNCH_CHECK().
 //   * kl_div with different p/q dtypes upcasts the 16-bit operand(s) to fp32 (exact) first, so
 //     the kernels are instantiated for same-dtype pairs only (keeps compile time modest).
-//   * Accuracy: expf/logf are the accurate versions (setup.py does not pass --use_fast_math to
-//     nvcc: __expf's error grows with |x| and fast-math flushes denormals).
+//   * Accuracy: e^z is one ex2.approx of z log2(e) on z = x - max <= 0 (see rows.cuh), whose
+//     error stays ~2^-22 relative for every z; logf is the accurate one (setup.py does not pass
+//     --use_fast_math to nvcc).
 //
 // pairwise_kl uses the one-GEMM identity of reference.pairwise_kl with ATen ops in fp32 under
 // at::NoTF32Guard (thread-local: cuBLAS runs IEEE fp32, no TF32 / bf16x9) plus, when the user
@@ -54,9 +47,7 @@
 #include <torch/library.h>
 
 #include "../common.h"
-
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
+#include "rows.cuh"
 
 #include <algorithm>
 #include <atomic>
@@ -70,155 +61,9 @@
 
 namespace {
 
-constexpr float kInf = std::numeric_limits<float>::infinity();
-constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+using namespace lenskit_cuda;
 
-constexpr unsigned kFlagBad = 1u;   // a NaN or +inf entry (in p or q)
-constexpr unsigned kFlagDead = 2u;  // kl_div: an entry live in p and masked in q
-
-constexpr int kWarpSize = 32;
-constexpr int kRowsPerWarpBlock = 8;     // warp-per-row kernels: 8 warps = 256 threads
-constexpr int64_t kWarpMaxVecs = 512;    // at most 16 vector loads per lane
-constexpr int64_t kWarpAlwaysVecs = 128;  // short enough for a warp even when rows are few
-constexpr int64_t kBlock256MaxVecs = 8192;
 constexpr int kBlocksPerSmCap = 32;
-
-// ------------------------------------------------------------------------------------------
-// Loads
-// ------------------------------------------------------------------------------------------
-
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T>
-struct VecWidth {
-  static constexpr int value = 16 / static_cast<int>(sizeof(T));
-};
-
-// 16-byte load at a 16-byte aligned address (read-only path). Kept raw so that several loads
-// can be in flight before any of them is converted.
-template <typename T>
-__device__ __forceinline__ uint4 load16(const T* p) {
-  return __ldg(reinterpret_cast<const uint4*>(p));
-}
-
-// The VecWidth<T> elements of a 16-byte word, as floats.
-template <typename T>
-__device__ __forceinline__ void unpack(const uint4& raw, float (&v)[VecWidth<T>::value]) {
-  if constexpr (std::is_same_v<T, float>) {
-    v[0] = __uint_as_float(raw.x);
-    v[1] = __uint_as_float(raw.y);
-    v[2] = __uint_as_float(raw.z);
-    v[3] = __uint_as_float(raw.w);
-  } else {
-    const unsigned words[4] = {raw.x, raw.y, raw.z, raw.w};
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      const unsigned short lo = static_cast<unsigned short>(words[k] & 0xffffu);
-      const unsigned short hi = static_cast<unsigned short>(words[k] >> 16);
-      if constexpr (std::is_same_v<T, __half>) {
-        v[2 * k] = __half2float(__ushort_as_half(lo));
-        v[2 * k + 1] = __half2float(__ushort_as_half(hi));
-      } else {
-        // bf16 -> fp32 is exact: the bf16 bits are the high half of the fp32 bits.
-        v[2 * k] = __uint_as_float(static_cast<unsigned>(lo) << 16);
-        v[2 * k + 1] = __uint_as_float(static_cast<unsigned>(hi) << 16);
-      }
-    }
-  }
-}
-
-// Elements before the first 16-byte boundary of a row (clamped to V). Returns V when the row is
-// not even element-aligned (the host never passes such pointers; this is only a safety net).
-template <typename T>
-__device__ __forceinline__ int aligned_head(const T* row, int V) {
-  const uintptr_t a = reinterpret_cast<uintptr_t>(row);
-  if (a % sizeof(T) != 0) return V;
-  const int head = static_cast<int>(((16u - (a & 15u)) & 15u) / sizeof(T));
-  return head < V ? head : V;
-}
-
-// "Bad" entries: NaN or +inf. !(v < inf) is true exactly for those.
-__device__ __forceinline__ bool is_bad(float v) { return !(v < kInf); }
-
-// ------------------------------------------------------------------------------------------
-// Entropy state
-// ------------------------------------------------------------------------------------------
-
-struct EntropyState {
-  float m;  // max of the live finite entries seen (-inf: none yet)
-  float s;  // sum e^(x-m)
-  float t;  // sum e^(x-m) (x-m)
-  unsigned flags;
-};
-
-__device__ __forceinline__ EntropyState entropy_identity() { return {-kInf, 0.f, 0.f, 0u}; }
-
-// (s, t) taken relative to m, re-expressed relative to m' = m - d (d <= 0):
-// e^(x-m') (x-m') = c e^(x-m) ((x-m) + d) with c = e^d, so s' = c s and t' = c (t + d s).
-// When c underflows to 0 the old terms vanish; testing it avoids 0 * (-inf) if d * s overflows
-// (only for logits near the float range limits).
-__device__ __forceinline__ void rescale_entropy(float d, float& s, float& t) {
-  const float c = expf(d);
-  if (c == 0.f) {
-    s = 0.f;
-    t = 0.f;
-  } else {
-    t = c * fmaf(d, s, t);
-    s = c * s;
-  }
-}
-
-template <int N>
-__device__ __forceinline__ void entropy_update(EntropyState& st, const float* v) {
-  float w[N];
-  float cm = -kInf;
-#pragma unroll
-  for (int j = 0; j < N; ++j) {
-    const bool bad = is_bad(v[j]);
-    st.flags |= bad ? kFlagBad : 0u;
-    w[j] = bad ? -kInf : v[j];
-    cm = fmaxf(cm, w[j]);
-  }
-  if (cm == -kInf) return;  // all masked (or bad): contributes nothing
-  if (cm > st.m) {
-    if (st.m != -kInf) rescale_entropy(st.m - cm, st.s, st.t);
-    st.m = cm;
-  }
-#pragma unroll
-  for (int j = 0; j < N; ++j) {
-    const float z = w[j] - st.m;  // -inf for masked entries
-    const float e = expf(z);      // 0 for masked entries
-    st.s += e;
-    // Clamping z keeps a masked entry's term 0 * (-FLT_MAX) = 0 instead of 0 * -inf = NaN.
-    st.t = fmaf(e, fmaxf(z, -FLT_MAX), st.t);
-  }
-}
-
-__device__ __forceinline__ EntropyState merge(const EntropyState& a, const EntropyState& b) {
-  EntropyState r;
-  r.flags = a.flags | b.flags;
-  r.m = fmaxf(a.m, b.m);
-  r.s = 0.f;
-  r.t = 0.f;
-  if (r.m != -kInf) {
-    // A state with m == -inf has seen nothing live (s == t == 0) and adds nothing.
-    if (a.m != -kInf) {
-      float s = a.s, t = a.t;
-      rescale_entropy(a.m - r.m, s, t);
-      r.s = s;
-      r.t = t;
-    }
-    if (b.m != -kInf) {
-      float s = b.s, t = b.t;
-      rescale_entropy(b.m - r.m, s, t);
-      r.s += s;
-      r.t += t;
-    }
-  }
-  return r;
-}
 
 __device__ __forceinline__ EntropyState shfl_xor(const EntropyState& a, int lane_mask) {
   EntropyState r;
@@ -229,94 +74,6 @@ __device__ __forceinline__ EntropyState shfl_xor(const EntropyState& a, int lane
   return r;
 }
 
-// ------------------------------------------------------------------------------------------
-// KL state
-// ------------------------------------------------------------------------------------------
-
-struct KlState {
-  float mp;  // max of live finite p entries
-  float sp;  // sum e^(x-mp)
-  float u;   // sum over entries live in both of e^(x-mp) (x-y)
-  float mq;  // max of live finite q entries
-  float sq;  // sum e^(y-mq)
-  unsigned flags;
-};
-
-__device__ __forceinline__ KlState kl_identity() { return {-kInf, 0.f, 0.f, -kInf, 0.f, 0u}; }
-
-template <int N>
-__device__ __forceinline__ void kl_update(KlState& st, const float* x, const float* y) {
-  float wx[N], wy[N];
-  float cmx = -kInf, cmy = -kInf;
-  unsigned flags = 0u;
-#pragma unroll
-  for (int j = 0; j < N; ++j) {
-    const bool bx = is_bad(x[j]);
-    const bool by = is_bad(y[j]);
-    wx[j] = bx ? -kInf : x[j];
-    wy[j] = by ? -kInf : y[j];
-    flags |= (bx || by) ? kFlagBad : 0u;
-    // Spurious when the -inf in wy came from a bad entry, but kFlagBad wins at the end.
-    flags |= (wx[j] != -kInf && wy[j] == -kInf) ? kFlagDead : 0u;
-    cmx = fmaxf(cmx, wx[j]);
-    cmy = fmaxf(cmy, wy[j]);
-  }
-  st.flags |= flags;
-  if (cmx != -kInf) {
-    if (cmx > st.mp) {
-      if (st.mp != -kInf) {
-        const float c = expf(st.mp - cmx);
-        st.sp *= c;
-        st.u *= c;
-      }
-      st.mp = cmx;
-    }
-#pragma unroll
-    for (int j = 0; j < N; ++j) {
-      const float e = expf(wx[j] - st.mp);  // 0 where p is masked
-      st.sp += e;
-      // Entries masked in p or q add 0 (a live-p / dead-q entry already set kFlagDead).
-      const bool both_live = (wx[j] != -kInf) && (wy[j] != -kInf);
-      st.u += both_live ? e * (wx[j] - wy[j]) : 0.f;
-    }
-  }
-  if (cmy != -kInf) {
-    if (cmy > st.mq) {
-      if (st.mq != -kInf) st.sq *= expf(st.mq - cmy);
-      st.mq = cmy;
-    }
-#pragma unroll
-    for (int j = 0; j < N; ++j) st.sq += expf(wy[j] - st.mq);
-  }
-}
-
-__device__ __forceinline__ KlState merge(const KlState& a, const KlState& b) {
-  KlState r;
-  r.flags = a.flags | b.flags;
-  r.mp = fmaxf(a.mp, b.mp);
-  r.sp = 0.f;
-  r.u = 0.f;
-  if (r.mp != -kInf) {
-    if (a.mp != -kInf) {
-      const float c = expf(a.mp - r.mp);
-      r.sp = c * a.sp;
-      r.u = c * a.u;
-    }
-    if (b.mp != -kInf) {
-      const float c = expf(b.mp - r.mp);
-      r.sp += c * b.sp;
-      r.u += c * b.u;
-    }
-  }
-  r.mq = fmaxf(a.mq, b.mq);
-  r.sq = 0.f;
-  if (r.mq != -kInf) {
-    if (a.mq != -kInf) r.sq = expf(a.mq - r.mq) * a.sq;
-    if (b.mq != -kInf) r.sq += expf(b.mq - r.mq) * b.sq;
-  }
-  return r;
-}
-
 __device__ __forceinline__ KlState shfl_xor(const KlState& a, int lane_mask) {
   KlState r;
   r.mp = __shfl_xor_sync(0xffffffffu, a.mp, lane_mask);
@@ -324,147 +81,10 @@ __device__ __forceinline__ KlState shfl_xor(const KlState& a, int lane_mask) {
   r.u = __shfl_xor_sync(0xffffffffu, a.u, lane_mask);
   r.mq = __shfl_xor_sync(0xffffffffu, a.mq, lane_mask);
   r.sq = __shfl_xor_sync(0xffffffffu, a.sq, lane_mask);
+  r.dmax = __shfl_xor_sync(0xffffffffu, a.dmax, lane_mask);
   r.flags = __shfl_xor_sync(0xffffffffu, a.flags, lane_mask);
   return r;
 }
-
-// ------------------------------------------------------------------------------------------
-// Per-row work: the threads tid = 0..NT-1 of a warp (NT = 32) or a block (NT = blockDim.x)
-// each return their partial state over one row.
-// ------------------------------------------------------------------------------------------
-
-template <typename T>
-struct EntropyRows {
-  using State = EntropyState;
-  const T* __restrict__ base;
-  int64_t row_stride;
-  float* __restrict__ lse;  // logsumexp per row (entropy_lse), or nullptr (entropy)
-
-  __device__ __forceinline__ State identity() const { return entropy_identity(); }
-
-  template <int NT>
-  __device__ __forceinline__ State partial(int64_t r, int V, int tid) const {
-    constexpr int VEC = VecWidth<T>::value;
-    const T* __restrict__ row = base + r * row_stride;
-    State st = entropy_identity();
-    const int head = aligned_head(row, V);
-    for (int i = tid; i < head; i += NT) {
-      const float v = to_float(row[i]);
-      entropy_update<1>(st, &v);
-    }
-    const int nvec = (V - head) / VEC;
-    const T* __restrict__ body = row + head;
-    // kUnroll independent 16-byte loads are issued before any is consumed (memory-level
-    // parallelism); the remainder goes one vector at a time.
-    constexpr int kUnroll = 4;
-    int k = tid;
-    for (; k + (kUnroll - 1) * NT < nvec; k += kUnroll * NT) {
-      uint4 raw[kUnroll];
-#pragma unroll
-      for (int j = 0; j < kUnroll; ++j) raw[j] = load16(body + (k + j * NT) * VEC);
-#pragma unroll
-      for (int j = 0; j < kUnroll; ++j) {
-        float v[VEC];
-        unpack<T>(raw[j], v);
-        entropy_update<VEC>(st, v);
-      }
-    }
-    for (; k < nvec; k += NT) {
-      float v[VEC];
-      unpack<T>(load16(body + k * VEC), v);
-      entropy_update<VEC>(st, v);
-    }
-    for (int i = head + nvec * VEC + tid; i < V; i += NT) {
-      const float v = to_float(row[i]);
-      entropy_update<1>(st, &v);
-    }
-    return st;
-  }
-
-  __device__ __forceinline__ float finish(const State& st) const {
-    if (st.flags != 0u || st.m == -kInf) return kNaN;  // NaN/+inf seen, all masked, or V == 0
-    return logf(st.s) - st.t / st.s;
-  }
-
-  // Writes row r's results from its merged state (lse = m + log s, NaN where H is NaN).
-  __device__ __forceinline__ void store(const State& st, int64_t r, float* __restrict__ out) const {
-    out[r] = finish(st);
-    if (lse != nullptr) lse[r] = (st.flags != 0u || st.m == -kInf) ? kNaN : st.m + logf(st.s);
-  }
-};
-
-template <typename T>
-struct KlRows {
-  using State = KlState;
-  const T* __restrict__ p;
-  const T* __restrict__ q;
-  int64_t p_stride;
-  int64_t q_stride;
-
-  __device__ __forceinline__ State identity() const { return kl_identity(); }
-
-  template <int NT>
-  __device__ __forceinline__ State partial(int64_t r, int V, int tid) const {
-    constexpr int VEC = VecWidth<T>::value;
-    const T* __restrict__ x = p + r * p_stride;
-    const T* __restrict__ y = q + r * q_stride;
-    State st = kl_identity();
-    // Joint vector loads need p and q to sit at the same offset from a 16-byte boundary.
-    const bool same_phase =
-        (reinterpret_cast<uintptr_t>(x) & 15u) == (reinterpret_cast<uintptr_t>(y) & 15u);
-    const int head = same_phase ? aligned_head(x, V) : V;
-    for (int i = tid; i < head; i += NT) {
-      const float a = to_float(x[i]);
-      const float b = to_float(y[i]);
-      kl_update<1>(st, &a, &b);
-    }
-    const int nvec = (V - head) / VEC;
-    const T* __restrict__ xb = x + head;
-    const T* __restrict__ yb = y + head;
-    constexpr int kUnroll = 2;  // x 2 streams = 4 loads in flight per thread
-    int k = tid;
-    for (; k + (kUnroll - 1) * NT < nvec; k += kUnroll * NT) {
-      uint4 rx[kUnroll], ry[kUnroll];
-#pragma unroll
-      for (int j = 0; j < kUnroll; ++j) {
-        rx[j] = load16(xb + (k + j * NT) * VEC);
-        ry[j] = load16(yb + (k + j * NT) * VEC);
-      }
-#pragma unroll
-      for (int j = 0; j < kUnroll; ++j) {
-        float a[VEC], b[VEC];
-        unpack<T>(rx[j], a);
-        unpack<T>(ry[j], b);
-        kl_update<VEC>(st, a, b);
-      }
-    }
-    for (; k < nvec; k += NT) {
-      float a[VEC], b[VEC];
-      unpack<T>(load16(xb + k * VEC), a);
-      unpack<T>(load16(yb + k * VEC), b);
-      kl_update<VEC>(st, a, b);
-    }
-    for (int i = head + nvec * VEC + tid; i < V; i += NT) {
-      const float a = to_float(x[i]);
-      const float b = to_float(y[i]);
-      kl_update<1>(st, &a, &b);
-    }
-    return st;
-  }
-
-  __device__ __forceinline__ float finish(const State& st) const {
-    if ((st.flags & kFlagBad) != 0u || st.mp == -kInf || st.mq == -kInf) return kNaN;
-    if ((st.flags & kFlagDead) != 0u) return kInf;
-    // KL = E_p[x - y] + (mq - mp) + log(sq / sp); the ratio keeps log's rounding relative to
-    // the (often tiny) KL rather than to log sp ~ log V.
-    const float kl = st.u / st.sp + (st.mq - st.mp) + logf(st.sq / st.sp);
-    return kl < 0.f ? 0.f : kl;  // rounding can leave a tiny negative value
-  }
-
-  __device__ __forceinline__ void store(const State& st, int64_t r, float* __restrict__ out) const {
-    out[r] = finish(st);
-  }
-};
 
 // ------------------------------------------------------------------------------------------
 // Reductions and kernels
@@ -540,17 +160,16 @@ void launch_rows(const Op& op, int64_t rows, int64_t V, int vec_width, float* ou
   TORCH_CHECK(V <= static_cast<int64_t>(INT_MAX), "lenskit: the last dim (", V,
               ") is too long for the CUDA kernels (at most ", INT_MAX, ")");
   const int v = static_cast<int>(V);
-  const int64_t nvec = (V + vec_width - 1) / vec_width;
   const int sms = current_device_sm_count();
   const int64_t cap = static_cast<int64_t>(sms) * kBlocksPerSmCap;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const bool many_rows = rows >= static_cast<int64_t>(sms) * kRowsPerWarpBlock;
-  if (nvec <= kWarpAlwaysVecs || (nvec <= kWarpMaxVecs && many_rows)) {
+  const int threads = threads_per_row(rows, V, vec_width, sms);
+  if (threads == kWarpSize) {
     const int64_t groups = (rows + kRowsPerWarpBlock - 1) / kRowsPerWarpBlock;
     const unsigned grid = static_cast<unsigned>(std::min(groups, cap));
     rows_warp_kernel<Op><<<grid, kRowsPerWarpBlock * kWarpSize, 0, stream>>>(op, rows, v, out);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-  } else if (nvec <= kBlock256MaxVecs) {
+  } else if (threads == 256) {
     const unsigned grid = static_cast<unsigned>(std::min(rows, cap));
     rows_block_kernel<Op, 256><<<grid, 256, 0, stream>>>(op, rows, v, out);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
