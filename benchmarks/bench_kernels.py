@@ -153,6 +153,10 @@ def bench_case(op: str, shape, dtype, device, compiled, reps: int, eager_reps: i
         flipped = "0" if torch.ops.lenskit.cpu_prefetch() else "1"
         fns["flipped"] = with_env(fast, "LENSKIT_CPU_PREFETCH", flipped)
         reps_of["flipped"] = reps
+    if device.type == "cuda":
+        for threads in ("256", "1024"):
+            fns["rt" + threads] = with_env(fast, "LENSKIT_CUDA_ROW_THREADS", threads)
+            reps_of["rt" + threads] = reps
     t = interleaved_times(fns, args, reps_of)
     t_fast, t_comp, t_read = t["fast"], t["comp"], t["read"]
     t_eager = min(t["eager0"], t["eager1"])
@@ -170,6 +174,8 @@ def bench_case(op: str, shape, dtype, device, compiled, reps: int, eager_reps: i
         "vs_comp": t_comp / t_fast,
         "avx2_ms": t["avx2"] * 1e3 if "avx2" in t else None,
         "flipped_ms": t["flipped"] * 1e3 if "flipped" in t else None,
+        "rt256_ms": t["rt256"] * 1e3 if "rt256" in t else None,
+        "rt1024_ms": t["rt1024"] * 1e3 if "rt1024" in t else None,
     }
 
 
@@ -324,22 +330,28 @@ def _ratio(r: dict, key: str) -> str:
 def table(rows: list[dict]) -> str:
     avx2 = any(r["avx2_ms"] is not None for r in rows)
     flipped = any(r["flipped_ms"] is not None for r in rows)
+    row_threads = any(r["rt256_ms"] is not None for r in rows)
+    # Sub-millisecond GPU times need more digits.
+    f = (lambda v: f"{v:.3f}") if row_threads else (lambda v: f"{v:.1f}")
     head = (
         "| op | shape | dtype | lenskit ms | lenskit GB/s | read pass GB/s | eager ms | "
         "compile ms | x eager | x compile |"
         + (" lenskit AVX2 ms |" if avx2 else "")
         + (" lenskit, prefetch flipped ms |" if flipped else "")
+        + (" 256-thread rows ms | 1024-thread rows ms |" if row_threads else "")
         + "\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|"
         + ("---:|" if avx2 else "")
         + ("---:|" if flipped else "")
+        + ("---:|---:|" if row_threads else "")
         + "\n"
     )
     body = "".join(
-        f"| {r['op']} | {r['shape']} | {r['dtype']} | {r['fast_ms']:.1f} | {r['fast_gbs']:.1f} | "
-        f"{r['read_gbs']:.1f} | {r['eager_ms']:.1f} | {r['comp_ms']:.1f} | "
+        f"| {r['op']} | {r['shape']} | {r['dtype']} | {f(r['fast_ms'])} | {r['fast_gbs']:.1f} | "
+        f"{r['read_gbs']:.1f} | {f(r['eager_ms'])} | {f(r['comp_ms'])} | "
         f"{_ratio(r, 'vs_eager')} | {_ratio(r, 'vs_comp')} |"
         + (f" {r['avx2_ms']:.1f} |" if avx2 else "")
         + (f" {r['flipped_ms']:.1f} |" if flipped else "")
+        + (f" {f(r['rt256_ms'])} | {f(r['rt1024_ms'])} |" if row_threads else "")
         + "\n"
         for r in rows
     )
@@ -444,7 +456,8 @@ def main() -> None:
                 "AVX-512 run); prefetch flipped = the same op with the other "
                 "LENSKIT_CPU_PREFETCH setting than this CPU's default"
                 if dev.type == "cpu"
-                else ""
+                else "; 256- / 1024-thread rows = the same op with LENSKIT_CUDA_ROW_THREADS=256 "
+                "/ 1024 (rows short enough for a warp each keep it)"
             )
             + ". See benchmarks/bench_kernels.py for the exact expressions.\n\n"
             + title

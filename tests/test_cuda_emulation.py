@@ -62,7 +62,12 @@ def _storage(x: torch.Tensor, path: Path) -> tuple[int, int]:
     return x.storage_offset(), x.stride(0)
 
 
-def run(
+def run(*args, **kwargs) -> torch.Tensor:
+    """The emulated kernel's output for [rows, V] CPU tensors (entropy_lse: [2, rows])."""
+    return run_full(*args, **kwargs)[0]
+
+
+def run_full(
     emulator: Path,
     op: str,
     p: torch.Tensor,
@@ -70,8 +75,9 @@ def run(
     *,
     sms: int = H200_SMS,
     tmp: Path,
-) -> torch.Tensor:
-    """The emulated kernel's output for [rows, V] CPU tensors (entropy_lse: [2, rows])."""
+    row_threads: str | None = None,
+) -> tuple[torch.Tensor, int]:
+    """run's output, and the threads per row the launch choice gave."""
     rows, v = p.shape
     args = [str(emulator), op, DTYPES[p.dtype], str(rows), str(v), str(sms)]
     off, stride = _storage(p, tmp / "p.bin")
@@ -81,10 +87,14 @@ def run(
         off, stride = _storage(q, tmp / "q.bin")
         args += [str(tmp / "q.bin"), str(off), str(stride)]
     args.append(str(tmp / "out.bin"))
-    proc = subprocess.run(args, capture_output=True, text=True)
+    env = {k: v for k, v in os.environ.items() if k != "LENSKIT_CUDA_ROW_THREADS"}
+    if row_threads is not None:
+        env["LENSKIT_CUDA_ROW_THREADS"] = row_threads
+    proc = subprocess.run(args, capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
     out = torch.frombuffer(bytearray((tmp / "out.bin").read_bytes()), dtype=torch.float32)
-    return out.view(2, rows) if op == "entropy_lse" else out
+    threads = int(proc.stdout.split()[1])
+    return (out.view(2, rows) if op == "entropy_lse" else out), threads
 
 
 def randn(shape, dtype=torch.float32, *, scale: float = 3.0, seed: int = 0) -> torch.Tensor:
@@ -100,14 +110,6 @@ def mask_(x: torch.Tensor, frac: float, *, seed: int) -> torch.Tensor:
 
 def check(actual: torch.Tensor, expected: torch.Tensor, *, rtol=RTOL, atol=ATOL) -> None:
     torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol, equal_nan=True)
-
-
-def threads_for(rows: int, v: int, dtype: torch.dtype, sms: int = H200_SMS) -> int:
-    """The kernels' launch choice (rows.cuh, threads_per_row), to check coverage."""
-    nvec = -(-v // (128 // torch.finfo(dtype).bits))
-    if nvec <= 128 or (nvec <= 512 and rows >= sms * 8):
-        return 32
-    return 256 if nvec <= 8192 else 1024
 
 
 # (rows, V, sms): each of the three kernel shapes, the warp kernel chosen both ways.
@@ -135,8 +137,12 @@ def test_matches_float64(emulator, tmp_path, dtype, rows, v, sms):
     check(run(emulator, "kl_div", p, q, sms=sms, tmp=tmp_path), kl_f64(p, q))
 
 
-def test_cases_cover_every_kernel_shape():
-    shapes = {threads_for(r, v, d, sms) for r, v, sms in CASES for d in DTYPES}
+def test_cases_cover_every_kernel_shape(emulator, tmp_path):
+    shapes = set()
+    for rows, v, sms in CASES:
+        for dtype in DTYPES:
+            x = torch.zeros(rows, v, dtype=dtype)
+            shapes.add(run_full(emulator, "entropy", x, sms=sms, tmp=tmp_path)[1])
     assert shapes == {32, 256, 1024}
 
 
@@ -242,3 +248,21 @@ def test_misaligned_views(emulator, tmp_path, dtype, v):
         check(run(emulator, "kl_div", p, q, tmp=tmp_path), kl_f64(p, q))
     every_other = base_p[::2, 2 : 2 + v]  # row stride of two rows
     check(run(emulator, "entropy", every_other, tmp=tmp_path), entropy_f64(every_other))
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES), ids=DTYPE_IDS)
+def test_row_threads_override(emulator, tmp_path, dtype):
+    """LENSKIT_CUDA_ROW_THREADS=256|1024 picks the block size of block-per-row launches: both
+    must give the float64 results (one row partitioned 4x finer or coarser)."""
+    p = mask_(randn((2, 70001), dtype, seed=12), 0.1, seed=13)
+    q = randn((2, 70001), dtype, seed=14)
+    q[p == -INF] = -INF
+    # V = 70001 takes 1024 threads by default; an unknown value is ignored.
+    for setting, expected in ((None, 1024), ("256", 256), ("1024", 1024), ("bogus", 1024)):
+        out, threads = run_full(emulator, "entropy", p, tmp=tmp_path, row_threads=setting)
+        assert threads == expected
+        check(out, entropy_f64(p))
+        check(run(emulator, "kl_div", p, q, tmp=tmp_path, row_threads=setting), kl_f64(p, q))
+    # Rows short enough for a warp each keep it.
+    short = randn((3, 300), dtype)
+    assert run_full(emulator, "entropy", short, tmp=tmp_path, row_threads="256")[1] == 32

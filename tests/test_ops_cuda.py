@@ -218,6 +218,21 @@ def test_many_rows_block_per_row(dtype):
     check(kl_div(x, y), kl_f64(x, y))
 
 
+@pytest.mark.parametrize("setting", ["256", "1024"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_row_threads_override(monkeypatch, dtype, setting):
+    """LENSKIT_CUDA_ROW_THREADS forces the block size of block-per-row launches (the benchmark
+    times both): either gives the float64 results, on rows of every block-per-row length."""
+    monkeypatch.setenv("LENSKIT_CUDA_ROW_THREADS", setting)
+    for v in (4200, 70001, 262144):
+        x = mask_(randn((3, v), dtype, seed=v), 0.05, seed=1)
+        y = randn((3, v), dtype, seed=v + 1)
+        y[x == -INF] = -INF
+        check(entropy(x), entropy_f64(x))
+        check(entropy_lse(x)[1], lse_f64(x), rtol=LSE_RTOL, atol=LSE_ATOL)
+        check(kl_div(x, y), kl_f64(x, y))
+
+
 @pytest.mark.parametrize("v", [7, 1271, 32000, 262144])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_large_logits(dtype, v):

@@ -63,12 +63,26 @@ constexpr int64_t kWarpMaxVecs = 512;     // at most 16 vector loads per lane
 constexpr int64_t kWarpAlwaysVecs = 128;  // short enough for a warp even when rows are few
 constexpr int64_t kBlock256MaxVecs = 8192;
 
+// LENSKIT_CUDA_ROW_THREADS=256|1024 (read on every call): the block size for rows that get a
+// block each, instead of the choice by row length below, so that one benchmark run can time
+// both on a GPU. (By their register counts an SM holds one 1024-thread block of these kernels
+// but several 256-thread ones, whose row-end reductions can then overlap other blocks' loads.)
+// 0: no override.
+inline int row_threads_override() {
+  const char* env = std::getenv("LENSKIT_CUDA_ROW_THREADS");
+  if (env == nullptr) return 0;
+  if (std::strcmp(env, "256") == 0) return 256;
+  if (std::strcmp(env, "1024") == 0) return 1024;
+  return 0;
+}
+
 // Threads per row: kWarpSize (one warp per row, kRowsPerWarpBlock rows per block), 256 or
 // 1024 (one block per row); see "Launch configuration" in ops_cuda.cu.
 inline int threads_per_row(int64_t rows, int64_t V, int vec_width, int sms) {
   const int64_t nvec = (V + vec_width - 1) / vec_width;
   const bool many_rows = rows >= static_cast<int64_t>(sms) * kRowsPerWarpBlock;
   if (nvec <= kWarpAlwaysVecs || (nvec <= kWarpMaxVecs && many_rows)) return kWarpSize;
+  if (const int forced = row_threads_override()) return forced;
   return nvec <= kBlock256MaxVecs ? 256 : 1024;
 }
 

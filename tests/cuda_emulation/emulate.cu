@@ -7,7 +7,7 @@
 // usage: emulate OP DTYPE ROWS V SMS P_FILE P_OFFSET P_STRIDE [Q_FILE Q_OFFSET Q_STRIDE] OUT_FILE
 //   OP: entropy | entropy_lse | kl_div; DTYPE: f32 | f16 | bf16; files hold the raw storage,
 //   offsets and row strides in elements. OUT_FILE gets float32 results per row (entropy_lse:
-//   the entropies, then the logsumexps).
+//   the entropies, then the logsumexps). Prints "threads N": the threads per row it emulated.
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -74,6 +74,7 @@ typename Op::State row_state(const Op& op, int64_t r, int V) {
 template <typename Op>
 void run(const Op& op, int64_t rows, int V, int vec_width, int sms, float* out) {
   const int threads = threads_per_row(rows, V, vec_width, sms);
+  std::printf("threads %d\n", threads);
   for (int64_t r = 0; r < rows; ++r) {
     if (threads == kWarpSize) {
       op.store(row_state<kWarpSize>(op, r, V), r, out);
