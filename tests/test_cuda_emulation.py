@@ -2,22 +2,23 @@
 
 csrc/cuda/rows.cuh holds everything the kernels compute per row: each thread's walk over its
 part of the row, the online-softmax state updates, the merges, and the final formulas. The
-emulator compiles that header for the host with nvcc and runs it thread by thread, with the
-kernels' launch choice (warp, 256- or 1024-thread block per row) and their reduction order.
-Only the device instructions differ: ex2.approx and max.NaN become exp2 and a NaN-propagating
-max, __ldg a memcpy. So these tests check the arithmetic, the partition into threads, the
-misaligned heads and tails, and the edge semantics of the numerical contract on any machine
-with nvcc, GPU or not; tests/test_ops_cuda.py checks the real kernels where there is a GPU.
+emulator compiles that header for the host (with AddressSanitizer and UBSan) and runs it thread
+by thread, with the kernels' launch choice (warp, 256- or 1024-thread block per row) and their
+reduction order. Only the device instructions differ: ex2.approx and max.NaN become exp2 and a
+NaN-propagating max, __ldg a memcpy that aborts on a misaligned address. So these tests check
+the arithmetic, the partition into threads, the misaligned heads and tails, and the edge
+semantics of the numerical contract on any machine with the CUDA toolkit, GPU or not;
+tests/test_ops_cuda.py checks the real kernels where there is a GPU.
 
-Needs nvcc (CUDA_HOME or /usr/local/cuda): skipped without it, except under CI, where the
-CUDA sources are always compiled and a missing nvcc is an error.
+Needs the CUDA toolkit's headers (CUDA_HOME or /usr/local/cuda, found by its nvcc): skipped
+without it, except under CI, where the CUDA sources are always compiled and a missing toolkit
+is an error.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -33,22 +34,28 @@ DTYPES = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}
 DTYPE_IDS = list(DTYPES.values())
 
 
-def _nvcc() -> str | None:
+def _cuda_include() -> Path | None:
+    """The CUDA toolkit's include folder (cuda_fp16.h, cuda_bf16.h), where nvcc lives too."""
     for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
         if home and (Path(home) / "bin" / "nvcc").exists():
-            return str(Path(home) / "bin" / "nvcc")
-    return shutil.which("nvcc")
+            return Path(home) / "include"
+    return None
 
 
 @pytest.fixture(scope="session")
 def emulator(tmp_path_factory) -> Path:
-    nvcc = _nvcc()
-    if nvcc is None:
+    """The emulator, built by the host C++ compiler (what nvcc hands host code to) with
+    AddressSanitizer and UBSan, so that a read past a row's buffer or an overflowing index
+    aborts the run."""
+    include = _cuda_include()
+    if include is None:
         if os.environ.get("CI"):
-            pytest.fail("nvcc not found: CI must compile the CUDA code (set CUDA_HOME)")
-        pytest.skip("nvcc not found (set CUDA_HOME)")
+            pytest.fail("CUDA toolkit not found: CI must compile the CUDA code (set CUDA_HOME)")
+        pytest.skip("CUDA toolkit not found (set CUDA_HOME)")
     exe = tmp_path_factory.mktemp("emulator") / "emulate"
-    cmd = [nvcc, "-O2", "-std=c++20", "-o", str(exe), str(SOURCE)]
+    cxx = os.environ.get("CXX", "g++")
+    cmd = [cxx, "-x", "c++", "-std=c++20", "-O1", "-g", f"-I{include}", "-o", str(exe)]
+    cmd += ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", str(SOURCE)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stderr}"
     return exe

@@ -2,7 +2,8 @@
 // the kernels' launch choice, per-thread partition, and warp / block reduction order
 // (butterfly shuffles, then warp 0 over the per-warp partials). Used by
 // tests/test_cuda_emulation.py where no GPU is at hand; the device-only instructions (ex2.approx,
-// max.NaN, __ldg) are replaced by their exact host counterparts.
+// max.NaN, __ldg) are replaced by their exact host counterparts. Built as plain C++ against the
+// CUDA headers (g++ -x c++ -I$CUDA_HOME/include), with sanitizers in the tests.
 //
 // usage: emulate OP DTYPE ROWS V SMS P_FILE P_OFFSET P_STRIDE [Q_FILE Q_OFFSET Q_STRIDE] OUT_FILE
 //   OP: entropy | entropy_lse | kl_div; DTYPE: f32 | f16 | bf16; files hold the raw storage,
@@ -35,7 +36,12 @@ bool read_file(const char* path, Buffer& buf) {
   const long n = std::ftell(f);
   std::fseek(f, 0, SEEK_SET);
   buf.bytes = static_cast<size_t>(n);
-  buf.data = std::aligned_alloc(64, (buf.bytes + 63) / 64 * 64 + 64);
+  // The exact size (no slack): AddressSanitizer then catches a read past the end.
+  if (posix_memalign(&buf.data, 64, buf.bytes > 0 ? buf.bytes : 1) != 0) buf.data = nullptr;
+  if (buf.data == nullptr) {
+    std::fclose(f);
+    return false;
+  }
   const bool ok = std::fread(buf.data, 1, buf.bytes, f) == buf.bytes;
   std::fclose(f);
   return ok;
