@@ -879,6 +879,30 @@ struct KlBlockSums {
   typename Vec::vec mxp, mxq;
 };
 
+// One half's running sums and lane maxima in kl_exp_pass2.
+struct KlHalfAcc {
+  typename Vec::vec sp, sq, u, mp[2], mq[2];
+
+  LK_INLINE void init() {
+    sp = sq = u = Vec::zero();
+    mp[0] = mp[1] = mq[0] = mq[1] = Vec::set1(kNegInf);
+  }
+  template <bool Masked>
+  LK_INLINE void add(const TwoRowStep& r) {
+    sp = Vec::add(sp, Vec::add(r.ea[0], r.ea[1]));
+    sq = Vec::add(sq, Vec::add(r.eb[0], r.eb[1]));
+    u = acc_live<Masked>(u, r.a[0], r.ea[0], Vec::sub(r.ya[0], r.yb[0]));
+    u = acc_live<Masked>(u, r.a[1], r.ea[1], Vec::sub(r.ya[1], r.yb[1]));
+  }
+  LK_INLINE void finish(KlBlockSums& out) const {
+    out.sp = Vec::reduce_add(sp);
+    out.sq = Vec::reduce_add(sq);
+    out.u = Vec::reduce_add(u);
+    out.mxp = Vec::max(mp[0], mp[1]);
+    out.mxq = Vec::max(mq[0], mq[1]);
+  }
+};
+
 // The exp pass of two KL blocks of kPairBlockKL elements at once (half a: xa, ya against
 // rpa, rqa; half b: xb, yb against rpb, rqb), with the prefetch.
 template <class TX, class TY, bool Masked>
@@ -892,34 +916,18 @@ LK_INLINE static void kl_exp_pass2(const typename TX::storage* xa, const typenam
   const vec vl = Vec::set1(static_cast<float>(kLog2eD));
   const vec ncpa = Vec::set1(-rpa.c), ncqa = Vec::set1(-rqa.c);
   const vec ncpb = Vec::set1(-rpb.c), ncqb = Vec::set1(-rqb.c);
-  const vec ninf = Vec::set1(kNegInf);
-  vec spa = Vec::zero(), sqa = Vec::zero(), ua = Vec::zero();
-  vec spb = Vec::zero(), sqb = Vec::zero(), ub = Vec::zero();
-  vec mpa[2] = {ninf, ninf}, mqa[2] = {ninf, ninf}, mpb[2] = {ninf, ninf}, mqb[2] = {ninf, ninf};
+  KlHalfAcc a, b;
+  a.init();
+  b.init();
   for (int64_t i = 0; i < kPairBlockKL; i += 2 * W) {
     TwoRowStep r;
-    two_row_step<pairs, true, TX, TY>(xa + i, ya + i, vl, ncpa, ncqa, mpa, mqa, r);
-    spa = Vec::add(spa, Vec::add(r.ea[0], r.ea[1]));
-    sqa = Vec::add(sqa, Vec::add(r.eb[0], r.eb[1]));
-    ua = acc_live<Masked>(ua, r.a[0], r.ea[0], Vec::sub(r.ya[0], r.yb[0]));
-    ua = acc_live<Masked>(ua, r.a[1], r.ea[1], Vec::sub(r.ya[1], r.yb[1]));
-    TwoRowStep t;
-    two_row_step<pairs, true, TX, TY>(xb + i, yb + i, vl, ncpb, ncqb, mpb, mqb, t);
-    spb = Vec::add(spb, Vec::add(t.ea[0], t.ea[1]));
-    sqb = Vec::add(sqb, Vec::add(t.eb[0], t.eb[1]));
-    ub = acc_live<Masked>(ub, t.a[0], t.ea[0], Vec::sub(t.ya[0], t.yb[0]));
-    ub = acc_live<Masked>(ub, t.a[1], t.ea[1], Vec::sub(t.ya[1], t.yb[1]));
+    two_row_step<pairs, true, TX, TY>(xa + i, ya + i, vl, ncpa, ncqa, a.mp, a.mq, r);
+    a.add<Masked>(r);
+    two_row_step<pairs, true, TX, TY>(xb + i, yb + i, vl, ncpb, ncqb, b.mp, b.mq, r);
+    b.add<Masked>(r);
   }
-  A.sp = Vec::reduce_add(spa);
-  A.sq = Vec::reduce_add(sqa);
-  A.u = Vec::reduce_add(ua);
-  A.mxp = Vec::max(mpa[0], mpa[1]);
-  A.mxq = Vec::max(mqa[0], mqa[1]);
-  B.sp = Vec::reduce_add(spb);
-  B.sq = Vec::reduce_add(sqb);
-  B.u = Vec::reduce_add(ub);
-  B.mxp = Vec::max(mpb[0], mpb[1]);
-  B.mxq = Vec::max(mqb[0], mqb[1]);
+  a.finish(A);
+  b.finish(B);
 }
 
 LK_INLINE static bool kl_fast_ready(const KLState& st) {
