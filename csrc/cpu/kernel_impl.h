@@ -934,6 +934,22 @@ LK_INLINE static bool kl_fast_ready(const KLState& st) {
   return st.mp > kNegInf && st.mq > kNegInf && !st.q_dead;
 }
 
+// One block of each half (both states ready for the single pass): the shared exp pass, then
+// each half's commit or redo.
+template <class TX, class TY, bool Masked>
+LK_INLINE static void kl_pair_fast(const typename TX::storage* xa, const typename TY::storage* ya,
+                                   const typename TX::storage* xb, const typename TY::storage* yb,
+                                   KLState& sa, KLState& sb, bool& ma, bool& mb,
+                                   const FastRef& rpa, const FastRef& rqa, const FastRef& rpb,
+                                   const FastRef& rqb, bool& oka, bool& okb) {
+  KlBlockSums A, B;
+  kl_exp_pass2<TX, TY, Masked>(xa, ya, xb, yb, rpa, rqa, rpb, rqb, A, B);
+  oka = kl_fast1_finish<TX, TY, Masked>(xa, ya, kPairBlockKL, sa, ma, rpa, rqa, A.sp, A.sq, A.u,
+                                        A.mxp, A.mxq);
+  okb = kl_fast1_finish<TX, TY, Masked>(xb, yb, kPairBlockKL, sb, mb, rpb, rqb, B.sp, B.sq, B.u,
+                                        B.mxp, B.mxq);
+}
+
 // A segment as two halves read in lockstep (see kPairBlockKL); the first half has whole
 // blocks only. A block goes through kl_step on its own until both halves' states are ready
 // for the single pass, and where the second half's last block is short.
@@ -957,19 +973,12 @@ LK_TARGET static void kl_segment_pair(const typename TX::storage* x,
       rqa.set(st.mq);
       rpb.set(s2.mp);
       rqb.set(s2.mq);
-      KlBlockSums A, B;
       if (ma || mb) {
-        kl_exp_pass2<TX, TY, true>(x + b0, y + b0, x2 + b0, y2 + b0, rpa, rqa, rpb, rqb, A, B);
-        oka = kl_fast1_finish<TX, TY, true>(x + b0, y + b0, kPairBlockKL, st, ma, rpa, rqa,
-                                            A.sp, A.sq, A.u, A.mxp, A.mxq);
-        okb = kl_fast1_finish<TX, TY, true>(x2 + b0, y2 + b0, kPairBlockKL, s2, mb, rpb, rqb,
-                                            B.sp, B.sq, B.u, B.mxp, B.mxq);
+        kl_pair_fast<TX, TY, true>(x + b0, y + b0, x2 + b0, y2 + b0, st, s2, ma, mb, rpa, rqa,
+                                   rpb, rqb, oka, okb);
       } else {
-        kl_exp_pass2<TX, TY, false>(x + b0, y + b0, x2 + b0, y2 + b0, rpa, rqa, rpb, rqb, A, B);
-        oka = kl_fast1_finish<TX, TY, false>(x + b0, y + b0, kPairBlockKL, st, ma, rpa, rqa,
-                                             A.sp, A.sq, A.u, A.mxp, A.mxq);
-        okb = kl_fast1_finish<TX, TY, false>(x2 + b0, y2 + b0, kPairBlockKL, s2, mb, rpb, rqb,
-                                             B.sp, B.sq, B.u, B.mxp, B.mxq);
+        kl_pair_fast<TX, TY, false>(x + b0, y + b0, x2 + b0, y2 + b0, st, s2, ma, mb, rpa, rqa,
+                                    rpb, rqb, oka, okb);
       }
     } else {
       oka = kl_step<TX, TY, true>(x + b0, y + b0, kPairBlockKL, st, ma, rpa, rqa);
