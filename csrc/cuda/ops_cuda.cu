@@ -22,8 +22,8 @@
 //   * Larger rows: one block per row, 256 threads up to 8192 vectors per row (V = 32768 fp32 /
 //     65536 half), 1024 threads above that (V = 128256 .. 262144 and beyond), so each thread
 //     reads roughly 4-32 vectors per row (LENSKIT_CUDA_ROW_THREADS=256|1024 overrides this, to
-//     compare the two on a GPU; see rows.cuh). The loops issue 4 independent 16-byte loads (entropy)
-//     or 2 + 2 (kl_div) before consuming them, for memory-level parallelism.
+//     compare the two on a GPU; see rows.cuh). The loops issue 4 independent 16-byte loads
+//     (entropy) or 2 + 2 (kl_div) before consuming them, for memory-level parallelism.
 //   * Grids are capped at 32 blocks per SM and loop over rows (grid-stride), so any row count
 //     works (N > 65535 included) without relying on huge grids.
 //   * Everything runs on the current stream (c10::cuda::getCurrentCUDAStream(), the same as

@@ -7,7 +7,7 @@
 // Semantics are those of lenskit/reference.py (see the numerical contract in DESIGN.md):
 // fp32/fp16/bf16 in, fp32 accumulation, fp32 out; -inf entries are masked (contribute 0); an
 // all -inf row (or V == 0) gives NaN; NaN or +inf in a row gives NaN; KL is +inf where q is
-// masked and p is not; tiny negative results are clamped to 0.
+// masked and p is not; a tiny negative KL (rounding) is clamped to 0.
 //
 // Each thread keeps an "online softmax" state over the elements it reads: the running max m
 // (of the live, finite entries) and sums taken relative to m, rescaled by e^(m_old - m_new)
@@ -16,8 +16,9 @@
 //   kl_div:  sp = sum e^(x-mp), u = sum e^(x-mp) (x-y), sq = sum e^(y-mq);
 //            KL = u/sp + (mq - mp) + log(sq/sp)
 //
-// The hot loop is issue-bound on Hopper unless each element costs only a handful of
-// instructions (bf16 [8192, 128256]: ~1e9 elements against ~0.5 ms of HBM time), so:
+// To stay memory-bound on Hopper the hot loop may cost only a handful of instructions per
+// element (bf16 [8192, 128256]: ~1e9 elements against ~0.5 ms of HBM time; a budget from the
+// compiler's instruction counts, not yet checked on a GPU), so:
 //   * e^z is one ex2.approx (MUFU.EX2) of z * log2(e): relative error ~2^-22, exact 1 at z = 0
 //     (a one-hot row stays exactly 0), 0 at z = -inf, subnormal results flushed to 0 (terms
 //     below 2^-126 of the row max, which no fp32 sum can see). The accurate expf costs ~8
@@ -422,8 +423,8 @@ struct EntropyRows {
 
   LK_HD float finish(const State& st) const {
     if (st.flags != 0u || st.m == -kInf) return kNaN;  // NaN/+inf seen, all masked, or V == 0
-    const float h = logf(st.s) - st.t / st.s;
-    return h < 0.f ? 0.f : h;  // rounding can leave a tiny negative value
+    // Both terms are >= 0: s >= 1 (the max entry adds exactly e^0 = 1) and t <= 0 (z <= 0).
+    return logf(st.s) - st.t / st.s;
   }
 
   // Writes row r's results from its merged state (lse = m + log s, NaN where H is NaN).
