@@ -863,7 +863,8 @@ LK_INLINE static bool kl_step(const typename TX::storage* xb, const typename TY:
 // kPairBlockKL elements per row: four memory streams (p and q of each half), like entropy's
 // two (see kPairBlock), each half with its own state, merged at the end. Measured on the Intel
 // part of kPrefetchBytes (medians of 11 calls, separate processes taking turns):
-//   AVX-512 fp32: [2048, 49152] 31-35 -> 29-31 ms, [512, 128256] 19.5-22 -> 17-19 ms;
+//   AVX-512 fp32: [2048, 49152] 30.7-38.7 -> 29.3-32.5 ms (8 runs each, middle 33 -> 30),
+//     [512, 128256] 19.5-22.1 -> 17.3-18.9 ms;
 //   AVX-512 bf16: 22-27 -> 23-30 ms (slower: likely register spills, with the pair loads);
 //   AVX2: no change either way.
 // So only fp32 rows on AVX-512 take it. The results differ from the one-stream-pair code by
