@@ -117,6 +117,47 @@ def _gguf_cache_path(path: Path) -> Path:
     return cache_dir() / "gguf" / f"{path.stem}-{_gguf_cache_key(path)}"
 
 
+def _cached_source(entry: Path) -> Path | None:
+    """The GGUF file a cache entry was converted from, or None if it does not say."""
+    try:
+        return Path(json.loads((entry / "lenskit-source.json").read_text())["gguf"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+# A conversion killed mid-write leaves its temporary folder; one older than this is abandoned.
+_STALE_TMP_S = 24 * 3600
+
+
+def _prune_gguf_cache(keep: Path) -> list[Path]:
+    """Delete the cached conversions that can no longer be served, after ``keep`` was written.
+
+    Each entry is ~4 bytes per parameter (517 MB for the default model) and its key changes
+    with the GGUF's path, size, mtime and the transformers version, so without pruning every
+    new virtual environment or upgrade would leave one more behind. Removed: entries whose
+    source GGUF no longer exists, entries of the same GGUF superseded by ``keep``, and
+    temporary folders of conversions killed over a day ago. Entries of other, existing GGUF
+    files are kept. Returns the removed folders.
+    """
+    own = _cached_source(keep)
+    removed: list[Path] = []
+    if not keep.parent.is_dir():
+        return removed
+    for entry in sorted(keep.parent.iterdir()):
+        if entry == keep or not entry.is_dir():
+            continue
+        if entry.name.startswith(".tmp-"):
+            stale = time.time() - entry.stat().st_mtime > _STALE_TMP_S
+        else:
+            gguf = _cached_source(entry)
+            # None: not written by lenskit, or damaged; leave it alone.
+            stale = gguf is not None and (gguf == own or not gguf.is_file())
+        if stale:
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
+
+
 # --------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------
@@ -314,6 +355,7 @@ def _gguf_to_cache(path: Path, target: Path, progress: Progress | None) -> None:
             # Another process finished first; its cache is as good as ours.
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    _prune_gguf_cache(target)
     _report(progress, 0.9, "Cache written")
 
 

@@ -66,3 +66,7 @@ def test_target_and_statistics_sane(lens):
 def test_cache_written(default_model):
     path = models._gguf_cache_path(models.default_model_path())
     assert (path / "model.safetensors").is_file() and (path / "tokenizer.json").is_file()
+    # one conversion per GGUF file: older keys of the same file were pruned when it was written
+    source = models.default_model_path().resolve()
+    same = [e for e in path.parent.iterdir() if models._cached_source(e) == source]
+    assert same == [path]

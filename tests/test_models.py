@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -205,6 +207,38 @@ def test_gguf_cache_key_changes_with_file(tmp_path, monkeypatch):
     f.write_bytes(b"b" * 11)
     os.utime(f, ns=(1, 1))
     assert models._gguf_cache_path(f) != first
+
+
+def _fake_entry(root, name, source):
+    entry = root / name
+    entry.mkdir(parents=True)
+    (entry / "model.safetensors").write_bytes(b"w")
+    if source is not None:
+        (entry / "lenskit-source.json").write_text(json.dumps({"gguf": str(source), "size": 1}))
+    return entry
+
+
+def test_prune_gguf_cache(tmp_path):
+    root = tmp_path / "gguf"
+    gguf, other = tmp_path / "m.gguf", tmp_path / "other.gguf"
+    gguf.write_bytes(b"a")
+    other.write_bytes(b"b")
+    keep = _fake_entry(root, "m-new", gguf)
+    superseded = _fake_entry(root, "m-old", gguf)  # same file, older key
+    gone = _fake_entry(root, "x-1", tmp_path / "deleted-venv" / "x.gguf")
+    alive = _fake_entry(root, "other-1", other)
+    foreign = _fake_entry(root, "not-ours", None)
+    old_tmp, new_tmp = root / ".tmp-old", root / ".tmp-new"
+    old_tmp.mkdir()
+    new_tmp.mkdir()
+    os.utime(old_tmp, (time.time() - 2 * 86400,) * 2)
+
+    removed = models._prune_gguf_cache(keep)
+
+    assert sorted(removed) == sorted([superseded, gone, old_tmp])
+    assert sorted(root.iterdir()) == sorted([keep, alive, foreign, new_tmp])
+    assert (keep / "model.safetensors").is_file()
+    assert models._prune_gguf_cache(keep) == []
 
 
 def test_default_model_path_located_without_import():
