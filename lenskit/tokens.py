@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import unicodedata
 from collections.abc import Sequence
 
 __all__ = ["format_token", "position_labels"]
@@ -23,15 +25,42 @@ _TABLE = str.maketrans(_REPLACEMENTS)
 ELLIPSIS = "\u2026"
 
 
+@functools.cache
+def _byte_level_alphabet() -> dict[str, int]:
+    """Byte-level BPE's 256 stand-in characters (GPT-2's ``bytes_to_unicode``), to bytes."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    return {char: byte for byte, char in bytes_to_unicode().items()}
+
+
+def _byte_level_text(raw: str) -> str | None:
+    """``raw`` read as a byte-level BPE spelling (``"Ã©"`` -> ``"é"``, ``"âĢľ"`` -> ``"“"``), or
+    None when it is not one: a character outside the 256 stand-ins (``▁``, a real space,
+    ``“``), bytes that are not whole UTF-8 (a token holding part of a character), or a
+    decode to control characters (SentencePiece's Polish ``"są"`` would give ``"s\x05"``)."""
+    if raw.isascii():
+        return None  # printable ASCII stands for itself; nothing to gain
+    alphabet = _byte_level_alphabet()
+    try:
+        text = bytes(alphabet[c] for c in raw).decode("utf-8")
+    except (KeyError, UnicodeDecodeError):
+        return None
+    controls = {c for c in text if unicodedata.category(c) == "Cc"}
+    if controls - {"\n", "\t"} and not text.isspace():
+        return None
+    return text
+
+
 def format_token(raw: str, max_len: int = 12) -> str:
     """Make a token readable: whitespace becomes visible symbols, long tokens get an ellipsis.
 
     Args:
-        raw: the token as the tokenizer's vocabulary spells it (e.g. ``"ĠCanberra"``) or as
-            decoded text (``" Canberra"``).
+        raw: the token as the tokenizer's vocabulary spells it (e.g. ``"ĠCanberra"``, or
+            ``"ĠcafÃ©"`` for " café" in byte-level BPE) or as decoded text (``" Canberra"``).
         max_len: longest result in characters (the ellipsis included); 0 means no limit.
     """
-    shown = raw.translate(_TABLE)
+    text = _byte_level_text(raw)
+    shown = (raw if text is None else text).translate(_TABLE)
     if shown == "":
         shown = "\u2205"  # ∅: an empty decode must still be visible
     if max_len and len(shown) > max_len:

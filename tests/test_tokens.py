@@ -21,6 +21,17 @@ from lenskit.tokens import ELLIPSIS, format_token, position_labels
         ("\r", "\\r"),
         ("", "\u2205"),
         ("<|im_start|>", "<|im_start|>"),
+        # byte-level BPE spells UTF-8 bytes with stand-in characters
+        ("\u0120caf\u00c3\u00a9", "\u2423caf\u00e9"),  # ĠcafÃ© -> ␣café
+        ("\u00e2\u0122\u013e", "\u201c"),  # âĢľ -> “
+        ("\u00e4\u00b8\u0143\u00e5\u013d\u00bd", "\u4e2d\u56fd"),  # 中国
+        ("\u0120\u00e2", "\u2423\u00e2"),  # part of a character: left as spelled
+        # not byte-level: SentencePiece or decoded text stays as it is
+        ("\u2581caf\u00e9", "\u2423caf\u00e9"),
+        ("caf\u00e9", "caf\u00e9"),
+        ("s\u0105", "s\u0105"),  # Polish "są", not "s\x05"
+        ("\u0142", "\u0142"),  # "ł"
+        ("\u201c", "\u201c"),
     ],
 )
 def test_format_token(raw, shown):
@@ -46,3 +57,13 @@ def test_chatml_template_tokens_display():
     shown = [format_token(t) for t in tok.convert_ids_to_tokens(ids)]
     assert shown[0] == "<|im_end|>" and shown[1] == "\u21b5" and shown[-1] == "\u21b5"
     assert "".join(shown[3:-1]) == "assistant"
+
+
+def test_byte_level_tokens_read_as_text():
+    tok = make_chatml_tokenizer()
+    text = "R\u00e9p\u00e8te \u00ab caf\u00e9 cr\u00e8me \u00bb \u201cok\u201d \u4e2d\u56fd\n"
+    raw = tok.convert_ids_to_tokens(tok(text, add_special_tokens=False)["input_ids"])
+    assert "".join(raw) != text  # the vocabulary spells it with stand-ins
+    assert format_token("".join(raw), max_len=0) == text.replace(" ", "\u2423").replace(
+        "\n", "\u21b5"
+    )
