@@ -841,7 +841,8 @@ def _sweep_view(result: SweepResult, request: SweepRequest, lens_request: LensRe
             "**Run sweep** to sweep the current one."
         )
         st.code(request.prompt, language=None, wrap_lines=True)
-    answer = "".join(str(t) for t in result.generated_display_tokens)
+    # Formatted as one string: a character split over two tokens reads whole.
+    answer = format_token("".join(str(t) for t in result.generated_tokens), max_len=0)
     st.caption(f"Greedy answer ({result.n_generated} tokens, \u2423 = space, \u21b5 = newline):")
     st.code(answer, language=None, wrap_lines=True)
 
