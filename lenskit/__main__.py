@@ -25,14 +25,23 @@ class CliError(Exception):
     """An expected failure: printed as one line, exit status 2."""
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def _int_in(lo: int, hi: int | None = None) -> Callable[[str], int]:
+    """argparse type: an integer in ``lo..hi`` (no upper bound when ``hi`` is None)."""
+    wanted = f"an integer in {lo}..{hi}" if hi is not None else f"an integer >= {lo}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
+        if value < lo or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {value}")
+        return value
+
+    return parse
+
+
+_positive_int = _int_in(1)
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -91,8 +100,22 @@ def _check_out(path: str) -> Path:
             f"cannot write {out.name!r}: the extension must be one of "
             f"{', '.join(DATA_FORMATS + CHART_FORMATS)}"
         )
-    if out.parent and not out.parent.exists():
-        raise CliError(f"the output directory {out.parent} does not exist")
+    # Checked now, not after minutes of work: the result would be lost at write time.
+    if out.is_dir():
+        raise CliError(f"cannot write {out}: it is a directory")
+    parent = out.parent
+    if not parent.exists():
+        raise CliError(f"the output directory {parent} does not exist")
+    if not parent.is_dir():
+        raise CliError(f"cannot write {out}: {parent} is not a directory")
+    existed = out.exists()
+    try:
+        with open(out, "ab"):  # appending truncates nothing
+            pass
+    except OSError as exc:
+        raise CliError(f"cannot write {out}: {exc.strerror or exc}") from exc
+    if not existed:
+        out.unlink()
     return out
 
 
@@ -187,6 +210,10 @@ def _run_lens(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Longest ``a-b`` range ``--layers`` expands; far beyond any model, short of a typo's RAM.
+MAX_LAYER_RANGE = 100_000
+
+
 def _layer_list(text: str) -> list[int]:
     """Parse ``"0,15-21,27"`` into block indices."""
     layers: list[int] = []
@@ -196,14 +223,20 @@ def _layer_list(text: str) -> list[int]:
             continue
         try:
             if "-" in part:
-                lo, hi = part.split("-", 1)
-                layers.extend(range(int(lo), int(hi) + 1))
+                lo, hi = (int(v) for v in part.split("-", 1))
             else:
-                layers.append(int(part))
+                lo = hi = int(part)
         except ValueError:
             raise argparse.ArgumentTypeError(
                 f"expected block indices like '0,15-21,27', got {text!r}"
             ) from None
+        if hi < lo:
+            raise argparse.ArgumentTypeError(f"the block range {part!r} runs backwards")
+        if hi - lo >= MAX_LAYER_RANGE:
+            raise argparse.ArgumentTypeError(
+                f"the block range {part!r} spans {hi - lo + 1} blocks; no model has that many"
+            )
+        layers.extend(range(lo, hi + 1))
     return layers
 
 
@@ -224,7 +257,7 @@ def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     _add_prompt_arguments(parser)
     parser.add_argument(
         "--max-new-tokens",
-        type=_positive_int,
+        type=_int_in(1, MAX_NEW_TOKENS),
         default=5,
         help=f"greedy tokens to generate, 1..{MAX_NEW_TOKENS} (5)",
     )
@@ -246,7 +279,9 @@ def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
         default="skip",
         help="skip (default), mean or noise",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the noise intervention")
+    parser.add_argument(
+        "--seed", type=_int_in(0), default=0, help="seed of the noise intervention (>= 0)"
+    )
     _add_out_argument(parser)
 
 
@@ -254,6 +289,11 @@ def _run_sweep(args: argparse.Namespace) -> int:
     out = _check_prompt_args(args)
     if args.layers is not None and not args.layers:
         raise CliError("--layers selects no block")
+    if args.raw and args.positions == "template":
+        raise CliError(
+            "--raw prompts have no template tokens to intervene on: pass --positions "
+            "all-prompt or prompt indices, or drop --raw"
+        )
     charts = _charts_for(out)
 
     from lenskit.interventions import intervention_sweep

@@ -335,6 +335,15 @@ def _check_max_new_tokens(max_new_tokens: int) -> int:
     return int(max_new_tokens)
 
 
+def _few(values: Sequence[int], shown: int = 6) -> str:
+    """``values`` for an error message, elided past ``shown`` (a typo can list millions)."""
+    if len(values) <= shown:
+        return str(list(values))
+    head = ", ".join(str(v) for v in values[: shown // 2])
+    tail = ", ".join(str(v) for v in values[-(shown // 2) :])
+    return f"[{head}, ..., {tail}] ({len(values)} indices)"
+
+
 def _int_list(values: Iterable[Any], what: str, error: type[InterventionError]) -> list[int]:
     out = []
     for v in values:
@@ -357,7 +366,8 @@ def _resolve_layers(layers: Iterable[int] | None, n_blocks: int) -> list[int]:
     bad = [i for i in chosen if not 0 <= i < n_blocks]
     if bad:
         raise LayerSelectionError(
-            f"layer indices {bad} out of range: the model has {n_blocks} blocks (0..{n_blocks - 1})"
+            f"layer indices {_few(bad)} out of range: the model has {n_blocks} blocks "
+            f"(0..{n_blocks - 1})"
         )
     return sorted(set(chosen))
 
@@ -367,6 +377,12 @@ def _resolve_positions(
 ) -> list[int]:
     if isinstance(positions, str):
         if positions == "template":
+            if len(template_positions) == 0:
+                # The default mode on a raw prompt would sweep nothing and report KL = 0.
+                raise PositionSelectionError(
+                    "positions='template' selects nothing: this prompt has no chat-template "
+                    "tokens (raw text). Use 'all-prompt' or explicit prompt indices."
+                )
             return sorted({int(p) for p in template_positions})
         if positions == "all-prompt":
             return list(range(n_prompt))
@@ -380,7 +396,8 @@ def _resolve_positions(
     bad = [p for p in chosen if not 0 <= p < n_prompt]
     if bad:
         raise PositionSelectionError(
-            f"positions {bad} out of range: the prompt has {n_prompt} tokens (0..{n_prompt - 1})"
+            f"positions {_few(bad)} out of range: the prompt has {n_prompt} tokens "
+            f"(0..{n_prompt - 1})"
         )
     return sorted(set(chosen))
 
@@ -993,10 +1010,10 @@ def intervention_sweep(
       result, whatever the batching or the other selected positions.
 
     Positions: ``"template"`` = the template tokens of the encoded prompt (those the chat
-    template adds between the end of the user's text and the answer; none when
-    ``chat=False``), ``"all-prompt"`` = every prompt position, or explicit prompt indices
-    ``0 <= t < T``. An empty selection is valid and gives KL = 0 everywhere (no forward pass
-    is intervened).
+    template adds between the end of the user's text and the answer; an error when there
+    are none, as with ``chat=False``), ``"all-prompt"`` = every prompt position, or explicit
+    prompt indices ``0 <= t < T``. An explicit empty list is valid and gives KL = 0
+    everywhere (no forward pass is intervened).
 
     Computation: one batch row per swept block (``batch_size`` rows per forward pass), with
     a forward hook on each swept block that edits only its own row. Nothing before block l or
@@ -1239,8 +1256,11 @@ def layer_pairwise_kl(
 
     Raises:
         PositionSelectionError: ``position`` outside ``-T..T-1``.
+        PromptError: empty prompt, or longer than the model's context.
     """
-    enc = _encode(tokenizer, prompt, chat, system)
+    from lenskit.models import context_length
+
+    enc = _encode(tokenizer, prompt, chat, system, max_length=context_length(model))
     prompt_ids = _ids_list(enc.input_ids)
     n = len(prompt_ids)
     if isinstance(position, (bool, np.bool_)) or not isinstance(position, (int, np.integer)):

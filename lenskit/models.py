@@ -12,6 +12,7 @@ what was tried and what to do.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.util
@@ -22,7 +23,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -173,12 +174,20 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise ModelLoadError(
             f"Unknown device {device!r}: use 'cpu', 'cuda', 'cuda:N' or 'auto'."
         ) from exc
+    if dev.type not in _DEVICE_TYPES:
+        # "meta" holds no data; other types (hpu, ...) fail deep inside transformers.
+        raise ModelLoadError(
+            f"Unsupported device {device!r}: use 'cpu', 'cuda', 'cuda:N', 'mps', 'xpu' or 'auto'."
+        )
+    return dev
 
+
+_DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
 
 _DTYPES = {
     "float32": torch.float32,
@@ -197,6 +206,10 @@ def _resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> tor
         # statistics); on accelerators keep the checkpoint's own dtype.
         return torch.float32 if device.type == "cpu" else "auto"
     if isinstance(dtype, torch.dtype):
+        if dtype not in _DTYPES.values():
+            raise ModelLoadError(
+                f"Unsupported dtype {dtype}: the lens ops take float32, bfloat16 or float16."
+            )
         return dtype
     if dtype == "auto":
         return "auto"
@@ -236,7 +249,7 @@ def _load_hf(
     try:
         config = transformers.AutoConfig.from_pretrained(source, **kwargs)
     except Exception as exc:  # noqa: BLE001 - any failure here means "cannot load this"
-        raise ModelLoadError(_explain(source, what, exc)) from exc
+        raise ModelLoadError(_explain(source, what, exc, gguf_file)) from exc
     archs = [a for a in (getattr(config, "architectures", None) or []) if a]
     if archs and not set(archs) & _causal_lm_class_names():
         raise ModelLoadError(
@@ -252,7 +265,8 @@ def _load_hf(
     if device_map is not None:
         model_kwargs["device_map"] = device_map
     try:
-        model = transformers.AutoModelForCausalLM.from_pretrained(source, **model_kwargs)
+        with _gguf_bar_follows_hf(gguf_file is not None):
+            model = transformers.AutoModelForCausalLM.from_pretrained(source, **model_kwargs)
     except ValueError as exc:
         if "Unrecognized configuration class" in str(exc) or "does not support" in str(exc):
             raise ModelLoadError(
@@ -260,9 +274,9 @@ def _load_hf(
                 "which is not a causal language model: the logit lens needs one "
                 "(a *ForCausalLM checkpoint such as Llama, Qwen, Gemma, GPT-2)."
             ) from exc
-        raise ModelLoadError(_explain(source, what, exc)) from exc
+        raise ModelLoadError(_explain(source, what, exc, gguf_file)) from exc
     except Exception as exc:  # noqa: BLE001
-        raise ModelLoadError(_explain(source, what, exc)) from exc
+        raise ModelLoadError(_explain(source, what, exc, gguf_file)) from exc
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(source, **kwargs)
     except Exception as exc:  # noqa: BLE001
@@ -272,6 +286,24 @@ def _load_hf(
         ) from exc
     _check_causal_lm(model, what)
     return model, tokenizer
+
+
+@contextlib.contextmanager
+def _gguf_bar_follows_hf(gguf: bool) -> Iterator[None]:
+    """transformers draws its GGUF de-quantization bar with a bare tqdm that ignores
+    ``disable_progress_bar()``; while loading a GGUF quietly, hand it a disabled one."""
+    from transformers.utils import logging as hf_logging
+
+    module = sys.modules.get("transformers.modeling_gguf_pytorch_utils") if gguf else None
+    original = getattr(module, "tqdm", None)
+    if original is None or hf_logging.is_progress_bar_enabled():
+        yield
+        return
+    module.tqdm = functools.partial(original, disable=True)
+    try:
+        yield
+    finally:
+        module.tqdm = original
 
 
 def _causal_lm_class_names() -> set[str]:
@@ -295,10 +327,15 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def _explain(source: str, what: str, exc: BaseException) -> str:
+def _explain(source: str, what: str, exc: BaseException, gguf_file: str | None = None) -> str:
     msg = f"Could not load {what} ({type(exc).__name__}: {_first_line(exc)})."
     if "trust_remote_code" in str(exc):
         return msg + " It needs custom code: pass trust_remote_code=True if you trust it."
+    if gguf_file is not None:
+        return msg + (
+            " Check that it is a complete GGUF file of a causal LM (a partial download or "
+            "another format fails like this) and that the gguf package is installed."
+        )
     if Path(source).expanduser().exists():
         return (
             msg
@@ -310,8 +347,14 @@ def _explain(source: str, what: str, exc: BaseException) -> str:
     )
 
 
-def _gguf_to_cache(path: Path, target: Path, progress: Progress | None) -> None:
-    """Convert a GGUF file to a plain safetensors checkpoint in ``target`` (atomically)."""
+def _gguf_to_cache(
+    path: Path, target: Path, progress: Progress | None
+) -> tuple[nn.Module, Any] | None:
+    """Convert a GGUF file to a plain safetensors checkpoint in ``target`` (atomically).
+
+    Returns None once the cache is written, or, when it cannot be (read-only or full disk),
+    the converted float32 model and tokenizer after a warning: loading must not fail for it.
+    """
     import transformers
 
     what = f"the GGUF file {path}"
@@ -339,6 +382,22 @@ def _gguf_to_cache(path: Path, target: Path, progress: Progress | None) -> None:
             f"Converting {what} gave mismatched weights (missing {missing[:3]}, unexpected "
             f"{unexpected[:3]}). Delete {target.parent} and retry, or load the file without cache."
         )
+    try:
+        _write_cache(plain, tokenizer, path, target)
+    except OSError as exc:
+        warnings.warn(
+            f"lenskit could not cache the converted model in {target.parent} ({exc}); using it "
+            f"uncached, so the next load converts {path.name} again. Set LENSKIT_CACHE_DIR to a "
+            "writable folder with ~4 bytes per parameter free.",
+            stacklevel=2,
+        )
+        return plain, tokenizer
+    _prune_gguf_cache(target)
+    _report(progress, 0.9, "Cache written")
+    return None
+
+
+def _write_cache(plain: nn.Module, tokenizer: Any, path: Path, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
     try:
@@ -355,8 +414,6 @@ def _gguf_to_cache(path: Path, target: Path, progress: Progress | None) -> None:
             # Another process finished first; its cache is as good as ours.
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    _prune_gguf_cache(target)
-    _report(progress, 0.9, "Cache written")
 
 
 def _tied_keys(model: nn.Module) -> set[str]:
@@ -377,8 +434,15 @@ def _load_gguf(
     if not path.is_file():
         raise ModelLoadError(f"No such GGUF file: {path}. Check the path.")
     target = _gguf_cache_path(path)
-    if use_cache and not target.is_dir():
-        _gguf_to_cache(path, target, progress)
+
+    def convert() -> tuple[Any, Any] | None:
+        uncached = _gguf_to_cache(path, target, progress)
+        if uncached is not None and isinstance(dtype, torch.dtype):
+            return uncached[0].to(dtype), uncached[1]
+        return uncached
+
+    if use_cache and not target.is_dir() and (uncached := convert()) is not None:
+        return uncached
     if use_cache:
         load_cached = functools.partial(
             _load_hf,
@@ -393,8 +457,7 @@ def _load_gguf(
         except ModelLoadError:
             # A damaged cache must not block loading: rebuild it once.
             shutil.rmtree(target, ignore_errors=True)
-            _gguf_to_cache(path, target, progress)
-            return load_cached()
+            return convert() or load_cached()
     return _load_hf(
         str(path.parent),
         what=f"the GGUF file {path}",

@@ -37,9 +37,19 @@ def _has_cuda_kernels() -> bool:
 def backend(device: str | torch.device = "cpu") -> str:
     """Which implementation serves tensors on ``device``: "cuda", "cpp" or "torch".
 
-    ``LENSKIT_BACKEND=torch`` in the environment forces the PyTorch fallback.
+    ``LENSKIT_BACKEND=torch`` in the environment forces the PyTorch fallback (``auto`` or
+    unset: the compiled ops where they serve the device).
+
+    Raises:
+        ValueError: ``LENSKIT_BACKEND`` holds anything else (a typo must not go unnoticed).
     """
-    if os.environ.get("LENSKIT_BACKEND", "").lower() == "torch" or _C is None:
+    forced = os.environ.get("LENSKIT_BACKEND", "").strip().lower()
+    if forced not in ("", "auto", "torch"):
+        raise ValueError(
+            f"LENSKIT_BACKEND={os.environ['LENSKIT_BACKEND']!r}: use 'torch' to force the "
+            "PyTorch fallback, or 'auto' / unset for the compiled ops"
+        )
+    if forced == "torch" or _C is None:
         return "torch"
     dev = torch.device(device)
     if dev.type == "cpu":
@@ -73,6 +83,36 @@ if _C is not None:
         torch._check(p_logits.dim() == 2 and q_logits.dim() == 2)
         torch._check(p_logits.shape[1] == q_logits.shape[1])
         return p_logits.new_empty((p_logits.shape[0], q_logits.shape[0]), dtype=torch.float32)
+
+    def _reference_backward(fn):  # type: ignore[no-untyped-def]
+        """Backward of a compiled op: the vector-Jacobian product of its PyTorch reference,
+        recomputed from the saved inputs. The forward stays fused, and gradients are the
+        fallback's own on every backend (without this they silently came back as None)."""
+
+        def setup_context(ctx, inputs, output):  # type: ignore[no-untyped-def]
+            ctx.save_for_backward(*inputs)
+
+        def backward(ctx, *grads):  # type: ignore[no-untyped-def]
+            inputs = ctx.saved_tensors
+            outputs, vjp = torch.func.vjp(fn, *inputs)
+            if isinstance(outputs, tuple):  # entropy_lse: a gradient may be missing
+                grads = tuple(
+                    torch.zeros_like(o) if g is None else g
+                    for o, g in zip(outputs, grads, strict=True)
+                )
+                return vjp(grads)
+            return vjp(grads[0])
+
+        return backward, setup_context
+
+    for _name, _fn in (
+        ("entropy", reference.entropy),
+        ("entropy_lse", reference.entropy_lse),
+        ("kl_div", reference.kl_div),
+        ("pairwise_kl", reference.pairwise_kl),
+    ):
+        _backward, _setup = _reference_backward(_fn)
+        torch.library.register_autograd(f"lenskit::{_name}", _backward, setup_context=_setup)
 
 
 def entropy(logits: torch.Tensor) -> torch.Tensor:

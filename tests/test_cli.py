@@ -103,12 +103,18 @@ def test_chart_output(tiny_model_dir, tmp_path):
         (["lens", PROMPT, "--raw", "--system", "x", "--out", "{tmp}/r.json"], "system"),
         (["lens", PROMPT], "--out"),
         (["lens", PROMPT, "--out", "{tmp}/missing/r.json"], "does not exist"),
+        # output problems are found before the model loads, not after the work
+        (["lens", PROMPT, "--out", "{tmp}/dir.json"], "is a directory"),
+        (["lens", PROMPT, "--out", "{tmp}/file.json/r.json"], "is not a directory"),
+        (["lens", PROMPT, "--device", "meta", "--out", "{tmp}/r.json"], "Unsupported device"),
         (["nosuchcommand"], "invalid choice"),
         ([], "COMMAND"),
     ],
 )
 def test_bad_arguments_one_line(tiny_model_dir, tmp_path, capsys, args, pattern):
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    (tmp_path / "dir.json").mkdir()
+    (tmp_path / "file.json").write_text("{}")
     if args and args[0] == "lens" and "--model" not in args:
         args += ["--model", str(tiny_model_dir)]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

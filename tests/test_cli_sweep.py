@@ -46,10 +46,15 @@ def test_sweep_png(tiny_model_dir, tmp_path):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--max-new-tokens", "0"], "positive integer"),
-        (["--max-new-tokens", "65"], "64"),
+        (["--max-new-tokens", "0"], "1..64"),
+        (["--max-new-tokens", "65"], "1..64"),
         (["--layers", "99"], "99"),
         (["--layers", "x"], "block indices"),
+        (["--layers", "5-3"], "runs backwards"),
+        (["--layers", "0-100000000"], "spans 100000001 blocks"),  # not a 1 GB list
+        (["--layers", "3-100000"], "out of range"),  # expanded, reported elided
+        (["--raw"], "no template tokens"),  # default --positions template would sweep nothing
+        (["--seed", "-1"], ">= 0"),
         (["--positions", "9999"], "9999"),
         (["--intervention", "zap"], "zap"),
     ],
@@ -60,5 +65,5 @@ def test_sweep_bad_arguments(tiny_model_dir, tmp_path, capsys, extra, message):
     assert main([*args, *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("lenskit: error:") and len(err.splitlines()) == 1
-    assert message in err
+    assert message in err and len(err) < 300
     assert not out.exists()

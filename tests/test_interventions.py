@@ -100,9 +100,9 @@ def test_empty_positions_give_zero(tok, llama):
         np.testing.assert_allclose(
             res.generated_prob_intervened, np.broadcast_to(res.generated_prob_clean, (3, 5))
         )
-    # A raw prompt has no template tokens: "template" selects nothing.
-    res = intervention_sweep(llama, tok, PROMPT, chat=False, positions="template")
-    assert res.positions.size == 0 and not res.kl.any()
+    # A raw prompt has no template tokens: the default "template" would sweep nothing.
+    with pytest.raises(PositionSelectionError, match="no chat-template tokens"):
+        intervention_sweep(llama, tok, PROMPT, chat=False, positions="template")
 
 
 @pytest.mark.parametrize("intervention", INTERVENTIONS)
@@ -353,6 +353,23 @@ def test_bad_input_raises(tok, llama, kwargs, error):
     assert str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "error", "shown"),
+    [
+        ({"layers": range(10**6)}, LayerSelectionError, "[3, 4, 5, ..., 999997, 999998, 999999]"),
+        (
+            {"positions": range(-5, 10**6)},
+            PositionSelectionError,
+            "[-5, -4, -3, ..., 999997, 999998, 999999]",
+        ),
+    ],
+)
+def test_out_of_range_lists_are_elided(tok, llama, kwargs, error, shown):
+    with pytest.raises(error) as info:
+        intervention_sweep(llama, tok, PROMPT, **kwargs)
+    assert shown in str(info.value) and len(str(info.value)) < 300
+
+
 def test_mean_with_only_position_zero_left_raises(tok, llama):
     n = len(_prompt_ids(tok))
     with pytest.raises(PositionSelectionError, match="position 0 excluded"):
@@ -463,6 +480,13 @@ def test_layer_pairwise_kl(tok, llama):
 def test_layer_pairwise_kl_bad_position(tok, llama, position):
     with pytest.raises(PositionSelectionError):
         layer_pairwise_kl(llama, tok, PROMPT, position)
+
+
+def test_layer_pairwise_kl_prompt_beyond_context(tok, llama):
+    from lenskit.prompts import PromptError
+
+    with pytest.raises(PromptError, match="context of 128 tokens"):
+        layer_pairwise_kl(llama, tok, PROMPT * 20, -1)
 
 
 # ----------------------------------------------------------------------------- real model

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -180,6 +181,20 @@ def test_bad_device_and_dtype(tiny_model_dir):
         lenskit.load_model(str(tiny_model_dir), dtype="float8")
     with pytest.raises(ModelLoadError, match="device"):
         lenskit.load_model(str(tiny_model_dir), device="nonsense")
+    # valid torch devices the lens cannot run on: a clear error, not a deep traceback
+    for device in ("meta", "hpu"):
+        with pytest.raises(ModelLoadError, match=f"Unsupported device '{device}'"):
+            lenskit.load_model(str(tiny_model_dir), device=device)
+    with pytest.raises(ModelLoadError, match="Unsupported dtype torch.float64"):
+        lenskit.load_model(str(tiny_model_dir), dtype=torch.float64)
+
+
+def test_bad_gguf_file_hint(tmp_path):
+    path = tmp_path / "broken.gguf"
+    path.write_bytes(b"not a gguf file")
+    with pytest.raises(ModelLoadError) as info:
+        lenskit.load_model(str(path), progress=False)
+    assert "complete GGUF file" in str(info.value) and "config.json" not in str(info.value)
 
 
 def test_device_auto_and_dtype(tiny_model_dir):
@@ -241,6 +256,44 @@ def test_prune_gguf_cache(tmp_path):
     assert models._prune_gguf_cache(keep) == []
 
 
+@pytest.fixture
+def fake_gguf(tmp_path, tok, monkeypatch):
+    """A ``.gguf`` path whose conversion yields a tiny Llama (the real conversion of the
+    default model takes ~25 s); everything after the GGUF read is lenskit's own code."""
+    model = make_tiny_model("llama", len(tok))
+    real = models._load_hf
+
+    def load_hf(source, *, gguf_file=None, **kwargs):
+        if gguf_file is None:
+            return real(source, **kwargs)
+        return make_tiny_model("llama", len(tok)), tok
+
+    monkeypatch.setattr(models, "_load_hf", load_hf)
+    path = tmp_path / "tiny.gguf"
+    path.write_bytes(b"GGUF")
+    return path, model
+
+
+def test_gguf_loads_with_unwritable_cache(fake_gguf, tmp_path, monkeypatch):
+    path, reference = fake_gguf
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")  # the cache folder cannot be created under a file, even as root
+    monkeypatch.setenv("LENSKIT_CACHE_DIR", str(blocker))
+    with pytest.warns(UserWarning, match="could not cache.*LENSKIT_CACHE_DIR"):
+        model, tok = lenskit.load_model(str(path), dtype="bfloat16", progress=False)
+    assert model.dtype == torch.bfloat16 and not model.training
+    expected = {k: v.to(torch.bfloat16) for k, v in reference.state_dict().items()}
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, expected[key]), key
+    assert tok is not None
+
+    monkeypatch.setenv("LENSKIT_CACHE_DIR", str(tmp_path / "cache"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lenskit.load_model(str(path), progress=False)
+    assert (models._gguf_cache_path(path) / "model.safetensors").is_file()
+
+
 def test_default_model_path_located_without_import():
     import sys
 
@@ -252,3 +305,19 @@ def test_default_model_path_located_without_import():
 def test_context_length(tok):
     assert models.context_length(make_tiny_model("llama", len(tok))) == 128
     assert models.context_length(make_tiny_model("gpt2", len(tok))) == 128
+
+
+def test_gguf_bar_quiet_when_hf_bars_are_off():
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    from transformers.utils import logging as hf_logging
+
+    original = gguf_utils.tqdm
+    hf_logging.disable_progress_bar()
+    try:
+        with models._gguf_bar_follows_hf(True):
+            assert gguf_utils.tqdm(range(3)).disable
+        assert gguf_utils.tqdm is original
+    finally:
+        hf_logging.enable_progress_bar()
+    with models._gguf_bar_follows_hf(True):
+        assert gguf_utils.tqdm is original

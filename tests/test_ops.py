@@ -170,6 +170,20 @@ def test_cpu_isa_override(monkeypatch):
     assert torch.ops.lenskit.cpu_isa() == best
 
 
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("LENSKIT_CPU_ISA", "avx9"), ("LENSKIT_CPU_PREFETCH", "maybe"), ("LENSKIT_BACKEND", "foo")],
+)
+def test_bad_backend_environment_is_an_error(monkeypatch, name, value):
+    """A typo in a backend switch must fail loudly, not run the default silently."""
+    if name != "LENSKIT_BACKEND" and not HAVE_EXT:
+        pytest.skip("extension not built")
+    monkeypatch.delenv("LENSKIT_BACKEND", raising=False)
+    monkeypatch.setenv(name, value)
+    with pytest.raises((ValueError, RuntimeError), match=f"{name}='{value}'"):
+        lenskit.entropy(torch.zeros(2, 8))
+
+
 def _cpu_vendor_is_intel() -> bool | None:
     try:
         with open("/proc/cpuinfo") as f:
@@ -754,6 +768,61 @@ def _samples():
 def test_opcheck(sample):
     name, args = sample
     torch.library.opcheck(getattr(torch.ops.lenskit, name).default, args)
+
+
+@pytest.mark.skipif(not HAVE_EXT, reason="extension not built")
+@pytest.mark.parametrize("sample", _samples()[::2], ids=lambda s: s[0])
+def test_opcheck_autograd(sample):
+    name, args = sample
+    args = tuple(a.detach().clone().requires_grad_() for a in args)
+    torch.library.opcheck(getattr(torch.ops.lenskit, name).default, args)
+
+
+def _f64_ops():
+    """Float64 autograd oracles (log_softmax, not lenskit.reference) for each op's gradient."""
+
+    def ent(x):
+        lp = torch.log_softmax(x, -1)
+        return -(lp.exp() * lp).sum(-1)
+
+    def kl(x, y):
+        lp, lq = torch.log_softmax(x, -1), torch.log_softmax(y, -1)
+        return (lp.exp() * (lp - lq)).sum(-1)
+
+    def pair(x, y):
+        return kl(x[:, None], y[None])
+
+    return [
+        ("entropy", lenskit.entropy, ent, 1),
+        (
+            "entropy_lse",
+            lambda x: sum(lenskit.entropy_lse(x)),
+            lambda x: ent(x) + x.logsumexp(-1),
+            1,
+        ),
+        ("lse_only", lambda x: lenskit.entropy_lse(x)[1], lambda x: x.logsumexp(-1), 1),
+        ("kl_div", lenskit.kl_div, kl, 2),
+        ("pairwise_kl", lenskit.pairwise_kl, pair, 2),
+    ]
+
+
+@pytest.mark.parametrize("op", _f64_ops(), ids=lambda o: o[0])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gradients(op, dtype):
+    """Every backend is differentiable (the compiled ops used to return no gradient)."""
+    _, fn, oracle, n_in = op
+    g = torch.Generator().manual_seed(3)
+    xs = [torch.randn(4, 300, generator=g).to(dtype) for _ in range(n_in)]
+    leaves = [x.clone().requires_grad_() for x in xs]
+    out = fn(*leaves)
+    weight = torch.rand(out.shape, generator=g)
+    (out * weight).sum().backward()
+    leaves64 = [x.double().requires_grad_() for x in xs]
+    (oracle(*leaves64) * weight.double()).sum().backward()
+    for leaf, leaf64 in zip(leaves, leaves64, strict=True):
+        assert leaf.grad is not None and leaf.grad.dtype == dtype
+        tol = 1e-5 if dtype == torch.float32 else 2e-2
+        torch.testing.assert_close(leaf.grad.double(), leaf64.grad, atol=tol, rtol=tol)
 
 
 @pytest.mark.skipif(not HAVE_EXT or FORCED_TORCH, reason="extension not built")

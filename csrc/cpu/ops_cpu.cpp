@@ -133,23 +133,27 @@ const IsaKernels& select_kernels() {
   static const IsaKernels tables[1] = {scalar_kernels()};
 #endif
   int level = best_isa_level();
-  if (const char* env = std::getenv("LENSKIT_CPU_ISA")) {
-    int want = level;
+  if (const char* env = std::getenv("LENSKIT_CPU_ISA"); env != nullptr && *env != '\0') {
+    int want = -1;
     if (std::strcmp(env, "scalar") == 0) want = 0;
     else if (std::strcmp(env, "avx2") == 0) want = 1;
     else if (std::strcmp(env, "avx512") == 0) want = 2;
+    TORCH_CHECK(want >= 0, "lenskit: LENSKIT_CPU_ISA='", env,
+                "' is not one of scalar, avx2, avx512 (or unset for the best the CPU has)");
     level = std::min(level, want);
   }
   return tables[level];
 }
 
 bool use_prefetch(const IsaKernels& k) {
-  if (k.kl_prefetch == nullptr || k.entropy_prefetch == nullptr) return false;
-  if (const char* env = std::getenv("LENSKIT_CPU_PREFETCH")) {
-    if (std::strcmp(env, "1") == 0) return true;
-    if (std::strcmp(env, "0") == 0) return false;
+  bool want = intel_cpu();
+  if (const char* env = std::getenv("LENSKIT_CPU_PREFETCH"); env != nullptr && *env != '\0') {
+    TORCH_CHECK(std::strcmp(env, "1") == 0 || std::strcmp(env, "0") == 0,
+                "lenskit: LENSKIT_CPU_PREFETCH='", env,
+                "' is not 1 or 0 (or unset to prefetch on Intel CPUs only)");
+    want = env[0] == '1';
   }
-  return intel_cpu();
+  return want && k.kl_prefetch != nullptr && k.entropy_prefetch != nullptr;
 }
 
 namespace {
