@@ -40,6 +40,10 @@ from lenskit.models import ModelLoadError, load_model
 from lenskit.tokens import format_token
 
 DEFAULT_PROMPT = "What is the capital of Australia?"
+#: Top-k range of the sidebar form (checked by the app, see :func:`_range_error`).
+MAX_TOP_K = 50
+#: Largest noise seed (the sweep's generator takes 32-bit seeds).
+MAX_SEED = 2**31 - 1
 
 #: Example prompts: label -> (prompt, chat, target).
 EXAMPLES: dict[str, tuple[str, bool, str]] = {
@@ -164,11 +168,35 @@ def _result() -> LensResult | None:
 
 
 def _set_result(text: str) -> None:
+    """Store a new lens result and reset what was chosen for the previous one.
+
+    Positions are indices into the old prompt's tokens: the detail range, the drill-down and
+    the layer x layer KL position go back to their defaults (writing a widget's state also
+    sends its new label to the browser, which otherwise keeps showing the old token). Sweep
+    messages were about the old prompt and go too.
+    """
     result = LensResult.from_json(text)
-    st.session_state["lens_json"] = text
-    st.session_state["lens_result"] = result
-    st.session_state["detail_range"] = charts.default_detail_range(result)
-    st.session_state["drill_pos"] = result.n_positions - 1
+    ss = st.session_state
+    ss["lens_json"] = text
+    ss["lens_result"] = result
+    ss["detail_range"] = charts.default_detail_range(result)
+    ss["drill_pos"] = result.n_positions - 1
+    ss["pair_pos"] = result.n_positions - 1
+    ss["sweep_messages"] = []
+
+
+def _range_error(name: str, value: Any, lo: int, hi: int) -> str | None:
+    """The message for a number input outside ``lo..hi`` (None when it is inside).
+
+    The number inputs have no min/max of their own: Streamlit's browser side silently
+    refuses an out-of-range value (a small red "!" on the field, and the button then runs
+    nothing), so the app takes any number and says here what is allowed.
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        return f"{name} must be a whole number between {lo} and {hi}."
+    if not lo <= value <= hi:
+        return f"{name} must be between {lo} and {hi}; got {value}."
+    return None
 
 
 def _position_label(result: LensResult, p: int) -> str:
@@ -242,7 +270,13 @@ def sidebar() -> tuple[LensRequest, bool]:
                 key="system",
                 help="Chat template only. Empty: the template's default.",
             )
-            st.number_input("Top-k tokens per cell", min_value=1, max_value=50, key="top_k")
+            # No min/max: out-of-range values reach run_request, which says what is allowed.
+            st.number_input(
+                f"Top-k tokens per cell (1\u2013{MAX_TOP_K})",
+                step=1,
+                key="top_k",
+                help=f"How many top tokens each cell keeps (hover, drill-down): 1..{MAX_TOP_K}.",
+            )
             st.text_input(
                 "Target token (optional)",
                 key="target",
@@ -266,6 +300,10 @@ def sidebar() -> tuple[LensRequest, bool]:
 def run_request(request: LensRequest) -> None:
     """Validate, load the model, run the lens; on failure keep the last good result."""
     st.session_state["messages"] = []
+    top_k_error = _range_error("Top-k", request.top_k, 1, MAX_TOP_K)
+    if top_k_error:
+        _say("error", top_k_error)
+        return
     if not request.prompt.strip():
         _say("error", "The prompt is empty (or only whitespace): type some text and run again.")
         return
@@ -280,7 +318,10 @@ def run_request(request: LensRequest) -> None:
     # reported through the message list, which outlives this run.
     placeholder = st.empty()
     try:
-        with placeholder.status(f"Loading model {_md_escape(request.spec)}\u2026") as status:
+        # Expanded: the progress bars inside are the only sign of life in a long run.
+        with placeholder.status(
+            f"Loading model {_md_escape(request.spec)}\u2026", expanded=True
+        ) as status:
             text = _compute(request, system, status)
     finally:
         placeholder.empty()
@@ -475,12 +516,19 @@ def lens_tab() -> None:
     table_col, chart_col = st.columns([5, 6])
     with table_col:
         table = charts.position_table(result, pos)
-        fmt = {c: st.column_config.NumberColumn(format="%.3f") for c in table.columns}
-        fmt = {c: v for c, v in fmt.items() if table[c].dtype.kind == "f"}
+        # Probabilities (p(target), p1..pk) with 3 significant digits: 6.2e-6 is not 0.000.
+        fmt = {
+            c: st.column_config.NumberColumn(
+                format=charts.PROB_PRINTF if c.startswith("p") else "%.3f"
+            )
+            for c in table.columns
+            if table[c].dtype.kind == "f"
+        }
         st.dataframe(table, hide_index=True, column_config=fmt, height=360)
     with chart_col:
         drill = charts.position_drilldown_chart(result, pos)
-        st.altair_chart(drill, theme=None, width="content", key="drill_chart")
+        # Stacked panels, each as wide as this column (Streamlit sizes a vconcat's panels).
+        st.altair_chart(drill, theme=None, width="stretch", key="drill_chart")
         if result.target_prob is None:
             st.caption("Set a target token to plot its probability and rank across layers.")
 
@@ -673,23 +721,20 @@ def _sweep_form(lens: LensResult) -> bool:
         )
         left, middle, right = st.columns([2, 3, 3])
         with left:
+            # No min/max (see _range_error): _sweep_request says what is allowed.
             st.number_input(
-                "Tokens to generate (columns)",
-                min_value=1,
-                max_value=MAX_NEW_TOKENS,
+                f"Tokens to generate (columns, 1\u2013{MAX_NEW_TOKENS})",
                 step=1,
                 key="sweep_max_new",
                 persist_state="page",
                 help=f"Greedy; 1..{MAX_NEW_TOKENS}. Stops early at an end-of-sequence token.",
             )
             st.number_input(
-                "Noise seed",
-                min_value=0,
-                max_value=2**31 - 1,
+                "Noise seed (0 or more)",
                 step=1,
                 key="sweep_seed",
                 persist_state="page",
-                help="Only used by 'noise': the same seed gives the same result.",
+                help=f"Only used by 'noise': the same seed gives the same result. 0..{MAX_SEED}.",
             )
         with middle:
             st.radio(
@@ -734,10 +779,14 @@ def _sweep_request(lens: LensResult, lens_request: LensRequest) -> SweepRequest 
     """The sweep to run from the form's state, or None (with a message) when it is invalid."""
     ss = st.session_state
     max_new = ss.get("sweep_max_new")
-    if isinstance(max_new, bool) or not isinstance(max_new, int):
-        max_new = -1
-    if not 1 <= max_new <= MAX_NEW_TOKENS:
-        _sweep_say("error", f"Tokens to generate must be between 1 and {MAX_NEW_TOKENS}.")
+    seed = ss.get("sweep_seed", 0)
+    errors = [
+        _range_error("Tokens to generate", max_new, 1, MAX_NEW_TOKENS),
+        _range_error("Noise seed", seed, 0, MAX_SEED),
+    ]
+    if any(errors):
+        for error in filter(None, errors):
+            _sweep_say("error", error)
         return None
     layers = tuple(sorted({int(b) for b in ss.get("sweep_layers") or []}))
     if not layers:
@@ -780,7 +829,7 @@ def _sweep_request(lens: LensResult, lens_request: LensRequest) -> SweepRequest 
         layers=layers,
         positions=positions,
         intervention=str(ss.get("sweep_intervention", "skip")),
-        seed=int(ss.get("sweep_seed", 0)),
+        seed=int(seed),
     )
 
 
@@ -951,10 +1000,12 @@ def sweep_tab() -> None:
     _show_messages("sweep_messages")
 
     result: SweepResult | None = st.session_state.get("sweep_result")
+    failed = any(level == "error" for level, _ in st.session_state.get("sweep_messages", []))
     if result is None:
-        st.info("Choose blocks and positions, then press **Run sweep**.")
+        if not failed:  # after an error, the error says what to do
+            st.info("Choose blocks and positions, then press **Run sweep**.")
     else:
-        if any(level == "error" for level, _ in st.session_state.get("sweep_messages", [])):
+        if failed:
             st.caption("Showing the last good sweep.")
         _sweep_view(result, st.session_state["sweep_request"], lens_request)
     _pairwise_view(lens, lens_request)

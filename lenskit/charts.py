@@ -33,9 +33,14 @@ __all__ = [
     "METRICS",
     "Metric",
     "DETAIL_MAX_POSITIONS",
+    "PROB_FORMAT",
+    "PROB_PRINTF",
+    "RANK_CONVENTION",
     "chart_bytes",
     "chart_spec",
     "default_detail_range",
+    "display_rank",
+    "format_prob",
     "lens_heatmap",
     "metric_values",
     "position_drilldown_chart",
@@ -49,9 +54,31 @@ DETAIL_MAX_POSITIONS = 40
 #: Positions the detail view shows by default: the end of the question + the template tokens.
 DEFAULT_DETAIL_WIDTH = 12
 
-TEMPLATE_COLOR = "#7b2ff7"  # template ("dummy") tokens: box and axis labels
-HIGHLIGHT_COLOR = "#7b2ff7"  # the detail range, boxed in the overview
+TEMPLATE_COLOR = "#7b2ff7"  # template ("dummy") tokens: box and axis labels (purple)
+#: The detail range, boxed in the overview: black dashes over a white line (a "marquee"),
+#: so that purple means only "template token" and the box shows on dark and light cells.
+HIGHLIGHT_COLOR = "#111111"
+HIGHLIGHT_DASH = [6, 3]
 PROB_FLOOR = 1e-5  # target probabilities are drawn on a log scale from here to 1
+#: Ranks shown to users are 1-based (1 = the top-1 token); ``LensResult.target_rank`` (the
+#: data and exports) stays 0-based. Every label of a displayed rank says which it is.
+RANK_CONVENTION = "1 = top"
+#: d3-format of probabilities in tooltips: 3 significant digits, so that 6.2e-6 does not
+#: read "0.0000" (d3 writes it 0.0000062; below 1e-6 in exponent notation).
+PROB_FORMAT = ".3~g"
+#: printf-format of probabilities in tables (``st.column_config.NumberColumn``): the same
+#: 3 significant digits.
+PROB_PRINTF = "%.3g"
+
+
+def display_rank(rank: Any) -> np.ndarray:
+    """0-based ranks (``LensResult.target_rank``) as shown to users: 1-based (1 = top)."""
+    return np.asarray(rank, dtype=np.int64) + 1
+
+
+def format_prob(p: float) -> str:
+    """A probability with 3 significant digits: "0.998", "0.0123", "6.2e-06"."""
+    return f"{float(p):.3g}"
 
 
 @dataclass(frozen=True)
@@ -233,12 +260,12 @@ def _cell_frame(result: LensResult, metric: Metric, pos: np.ndarray, detail: boo
             toks = result.top_tokens[:, pos, j].ravel()
             probs = result.top_probs[:, pos, j].ravel()
             data[f"top{j + 1}_text"] = [
-                f"{format_token(str(s), 24)}  {float(p):.3f}"
+                f"{format_token(str(s), 24)}  {format_prob(p)}"
                 for s, p in zip(toks, probs, strict=True)
             ]
         if result.target_prob is not None:
             data["target_prob"] = result.target_prob[:, pos].ravel()
-            data["target_rank"] = result.target_rank[:, pos].ravel()
+            data["target_rank"] = display_rank(result.target_rank[:, pos].ravel())
     return pd.DataFrame(data)
 
 
@@ -358,8 +385,15 @@ def lens_heatmap(
     template = {int(p) for p in result.template_positions}
     template_test = f"indexof({json.dumps(sorted(template))}, datum.value) >= 0"
     n_labels = pos.size if labels else min(pos.size, 80)
+    # The overview's axis title is its colour key: each colour/box means one thing.
+    x_title = ["position (token)"]
+    if not labels:
+        if template & set(pos.tolist()):
+            x_title.append("template tokens in purple")
+        if highlight is not None:
+            x_title.append("dashed box: detail view")
     x_axis = alt.Axis(
-        title="position (token)" if labels else "position (token); template tokens in purple",
+        title="; ".join(x_title),
         labelExpr=_label_expr(result, pos, 10 if labels else 8),
         labelAngle=-50 if labels else -90,
         labelAlign="right",
@@ -388,7 +422,7 @@ def lens_heatmap(
         title=spec.label,
         legend=_colour_legend(height, **({"format": ".0e"} if spec.scale_type == "log" else {})),
     )
-    value_fmt = ".3f" if spec.units == "nats" else ".4f"
+    value_fmt = ".3f" if spec.units == "nats" else PROB_FORMAT
     tooltip: list[Any] = [
         alt.Tooltip("position:O", title="position"),
         alt.Tooltip("token:N", title="input token"),
@@ -399,8 +433,9 @@ def lens_heatmap(
         tooltip.append(alt.Tooltip("entropy:Q", title="entropy (nats)", format=".3f"))
         tooltip.append(alt.Tooltip("kl_to_final:Q", title="KL(out || layer) (nats)", format=".3f"))
         if result.target_prob is not None:
-            tooltip.append(alt.Tooltip("target_prob:Q", title=f"p({result.target})", format=".4f"))
-            tooltip.append(alt.Tooltip("target_rank:Q", title="target rank (0 = top)"))
+            target = format_token(str(result.target), 16)
+            tooltip.append(alt.Tooltip("target_prob:Q", title=f"p({target})", format=PROB_FORMAT))
+            tooltip.append(alt.Tooltip("target_rank:Q", title=f"target rank ({RANK_CONVENTION})"))
         tooltip += [
             alt.Tooltip(f"top{j + 1}_text:N", title=f"top {j + 1}") for j in range(result.top_k)
         ]
@@ -421,22 +456,27 @@ def lens_heatmap(
     if labels:
         layers.append(_cell_text(base, x, y, tooltip, fontSize=10, limit=cell_width - 2))
 
-    # Boxes: template runs in the detail view, the detail range in the overview.
+    # Boxes: template runs in the detail view (purple), the detail range in the overview
+    # (a black-and-white dashed "marquee": purple means template tokens only).
     boxes: list[dict[str, Any]] = []
+    strokes: list[dict[str, Any]] = []
     if labels:
         boxes = [
             {"first": a, "last": b, "kind": "template"} for a, b in _template_runs(result, pos)
         ]
-        box_colour, box_width = TEMPLATE_COLOR, 3
+        strokes = [{"stroke": TEMPLATE_COLOR, "strokeWidth": 3}]
     elif highlight is not None:
         a, b = max(int(highlight[0]), int(pos[0])), min(int(highlight[1]), int(pos[-1]))
         if a <= b:
             boxes = [{"first": a, "last": b, "kind": "detail range"}]
-        box_colour, box_width = HIGHLIGHT_COLOR, 2.5
-    if boxes:
+        strokes = [
+            {"stroke": "white", "strokeWidth": 3},  # visible on dark cells too
+            {"stroke": HIGHLIGHT_COLOR, "strokeWidth": 2, "strokeDash": HIGHLIGHT_DASH},
+        ]
+    for stroke in strokes if boxes else []:
         layers.append(
             alt.Chart(pd.DataFrame(boxes))
-            .mark_rect(fill=None, stroke=box_colour, strokeWidth=box_width, cornerRadius=2)
+            .mark_rect(fill=None, cornerRadius=2, **stroke)
             .encode(
                 # a band scale maps a value to its band's start: bandPosition 1 on x2 reaches
                 # the end of the last band, so the box covers whole columns.
@@ -480,19 +520,23 @@ def position_table(result: LensResult, position: int) -> pd.DataFrame:
     data["KL(out || layer) (nats)"] = result.kl_to_final[:, p].astype(float)
     if result.target_prob is not None:
         data[f"p({format_token(str(result.target), 0)})"] = result.target_prob[:, p].astype(float)
-        data["target rank"] = result.target_rank[:, p].astype(int)
+        data[f"target rank ({RANK_CONVENTION})"] = display_rank(result.target_rank[:, p])
     for j in range(result.top_k):
         data[f"top {j + 1}"] = [format_token(str(s), 24) for s in result.top_tokens[:, p, j]]
         data[f"p{j + 1}"] = result.top_probs[:, p, j].astype(float)
     return pd.DataFrame(data).iloc[::-1].reset_index(drop=True)
 
 
-def position_drilldown_chart(result: LensResult, position: int) -> alt.HConcatChart:
-    """Per-layer lines at one position.
+def position_drilldown_chart(
+    result: LensResult, position: int, *, panel_width: int = 320
+) -> alt.VConcatChart:
+    """Per-layer lines at one position: two panels stacked vertically.
 
     With a target: the target token's probability (and the top-1 probability for reference)
-    and its rank (log scale, 1 = top) across layers. Without a target: the top-1 probability
-    and the entropy.
+    above, its rank (log scale, 1 = top) below. Without a target: the top-1 probability and
+    the entropy. The panels are stacked (not side by side) so the chart fits a narrow column;
+    in Streamlit ``st.altair_chart(..., width="stretch")`` sets each panel to the container's
+    width (for exports each panel is ``panel_width`` pixels wide).
     """
     p = int(position)
     if not 0 <= p < result.n_positions:
@@ -516,8 +560,8 @@ def position_drilldown_chart(result: LensResult, position: int) -> alt.HConcatCh
         title="layer (read-out)",
         axis=alt.Axis(labelAngle=0, labelOverlap=True),
     )
-    panel_width = max(260, 16 * len(layers))
     token = format_token(str(result.tokens[p]), 20)
+    panel = {"width": int(panel_width), "height": 170}
     prob_chart = (
         alt.Chart(pd.DataFrame(rows))
         .mark_line(point=True)
@@ -530,16 +574,20 @@ def position_drilldown_chart(result: LensResult, position: int) -> alt.HConcatCh
                 scale=alt.Scale(domain=["top-1", target_name], range=["#888888", "#d62728"]),
                 legend=alt.Legend(orient="top"),
             ),
-            tooltip=["layer:N", "series:N", alt.Tooltip("prob:Q", format=".4f")],
+            tooltip=[
+                "layer:N",
+                "series:N",
+                alt.Tooltip("prob:Q", title="probability", format=PROB_FORMAT),
+            ],
         )
-        .properties(width=panel_width, height=220, title="probability")
+        .properties(title="probability", **panel)
     )
     if result.target_prob is not None:
         rank_max = max(int(result.vocab_size), 10)
         rank_ticks = [10**e for e in range(int(math.log10(rank_max)) + 1)]
         second_rows = [
-            {"layer": layer, "rank": int(result.target_rank[i, p]) + 1}
-            for i, layer in enumerate(layers)
+            {"layer": layer, "rank": int(rank)}
+            for layer, rank in zip(layers, display_rank(result.target_rank[:, p]), strict=True)
         ]
         second = (
             alt.Chart(pd.DataFrame(second_rows))
@@ -548,13 +596,13 @@ def position_drilldown_chart(result: LensResult, position: int) -> alt.HConcatCh
                 x=x,
                 y=alt.Y(
                     "rank:Q",
-                    title="target rank (1 = top, log)",
+                    title=f"target rank ({RANK_CONVENTION}, log)",
                     scale=alt.Scale(type="log", reverse=True, domain=[1, rank_max]),
                     axis=alt.Axis(values=rank_ticks, format="~s"),
                 ),
-                tooltip=["layer:N", "rank:Q"],
+                tooltip=["layer:N", alt.Tooltip("rank:Q", title=f"rank ({RANK_CONVENTION})")],
             )
-            .properties(width=panel_width, height=220, title="target rank")
+            .properties(title="target rank", **panel)
         )
     else:
         lo, hi = METRICS["entropy"].domain(result.vocab_size)
@@ -570,11 +618,12 @@ def position_drilldown_chart(result: LensResult, position: int) -> alt.HConcatCh
                 y=alt.Y("entropy:Q", title="entropy (nats)", scale=alt.Scale(domain=[lo, hi])),
                 tooltip=["layer:N", alt.Tooltip("entropy:Q", format=".3f")],
             )
-            .properties(width=panel_width, height=220, title="entropy")
+            .properties(title="entropy", **panel)
         )
-    chart = alt.hconcat(prob_chart, second).properties(
+    # No explicit autosize: Streamlit fits a simple vconcat to the container's width
+    # ("fit-x") when it is stretched; elsewhere (exports) Vega-Lite pads around the panels.
+    chart = alt.vconcat(prob_chart, second, spacing=12).properties(
         title=alt.TitleParams(f"Position {p} ({token}) across layers", anchor="start", fontSize=14),
-        autosize=alt.AutoSizeParams(type="pad"),
     )
     return _configure(chart)
 
@@ -876,8 +925,8 @@ def sweep_heatmap(
         alt.Tooltip("kl:Q", title="KL(clean || intervened) (nats)", format=".4f"),
         alt.Tooltip("top_intervened:N", title="top-1 under intervention"),
         alt.Tooltip("changed:N", title="top-1 changed"),
-        alt.Tooltip("prob_clean:Q", title="p(generated), clean", format=".4f"),
-        alt.Tooltip("prob_intervened:Q", title="p(generated), intervened", format=".4f"),
+        alt.Tooltip("prob_clean:Q", title="p(generated), clean", format=PROB_FORMAT),
+        alt.Tooltip("prob_intervened:Q", title="p(generated), intervened", format=PROB_FORMAT),
     ]
     base = alt.Chart(frame)
     cells = base.mark_rect(stroke="white", strokeWidth=0.5).encode(

@@ -36,7 +36,7 @@ def charts_of(at: AppTest) -> dict[str, dict]:
         spec = json.loads(element.proto.spec)
         if element.proto.id:  # charts with selections are widgets: their id ends in the key
             out[element.proto.id.rsplit("-", 1)[-1]] = spec
-        elif "hconcat" in spec:
+        elif "vconcat" in spec:
             out["drill_chart"] = spec
     return out
 
@@ -155,6 +155,69 @@ def test_drilldown_position(app: AppTest) -> None:
     assert list(table["layer"])[0] == "out" and list(table["layer"])[-1] == "emb"
     title = charts_of(app)["drill_chart"]["title"]
     assert "Position 3" in json.dumps(title)
+
+
+def test_drilldown_table_rank_and_probabilities(app: AppTest) -> None:
+    """Ranks are 1-based and say so; probabilities keep 3 significant digits (QA: 828 in the
+    table vs 829 in the chart; p(target) 6e-6 shown as 0.000)."""
+    pos = app.selectbox(key="drill_pos").value
+    result = app.session_state["lens_result"]
+    table = app.dataframe[0].value
+    assert "target rank" not in table.columns
+    ranks = table["target rank (1 = top)"].tolist()
+    assert ranks == (result.target_rank[::-1, pos] + 1).tolist()
+    columns = json.loads(app.dataframe[0].proto.columns)
+    formats = {name: c.get("type_config", {}).get("format") for name, c in columns.items()}
+    target_col = next(c for c in table.columns if c.startswith("p("))
+    assert formats[target_col] == formats["p1"] == "%.3g"
+    assert formats["entropy (nats)"] == "%.3f"
+    drill = charts_of(app)["drill_chart"]
+    assert "1 = top" in drill["vconcat"][1]["encoding"]["y"]["title"]
+
+
+def test_drilldown_is_stacked(app: AppTest) -> None:
+    """The drill-down's two panels are stacked so they fit the narrow right column."""
+    drill = charts_of(app)["drill_chart"]
+    assert len(drill["vconcat"]) == 2 and "hconcat" not in drill
+
+
+def test_out_of_range_top_k_is_explained(app: AppTest) -> None:
+    """The browser silently refuses values outside a number_input's min/max (QA: 100 in
+    Top-k, and Run logit lens did nothing, with no message). The field has no bounds of its
+    own; the app says what is allowed and keeps the last result."""
+    widget = app.number_input(key="top_k")
+    assert not widget.proto.has_min and not widget.proto.has_max
+    assert "1\u201350" in widget.proto.label
+    good = app.session_state["lens_json"]
+    for bad in (100, 0, -3):
+        submit(app, top_k=bad)
+        assert_usable(app)
+        assert "top-k must be between 1 and 50" in messages(app).lower(), messages(app)
+        assert app.session_state["lens_json"] == good
+    submit(app, top_k=7)
+    assert_usable(app)
+    assert not app.error
+    assert app.session_state["lens_result"].top_k == 7
+
+
+def test_lens_progress_is_visible(tiny_default_model: Path, monkeypatch) -> None:
+    """The progress bars of a run sit in an st.status box: it opens expanded, so a long
+    read-out shows its progress (QA: collapsed, only a spinner for ~50 s)."""
+    from streamlit.delta_generator import DeltaGenerator
+
+    calls: list[dict] = []
+    original = DeltaGenerator.status
+
+    def status(self, label, *args, **kwargs):
+        calls.append({"label": label, **kwargs})
+        return original(self, label, *args, **kwargs)
+
+    monkeypatch.setattr(DeltaGenerator, "status", status)
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception, at.exception
+    assert calls, "the lens run shows no status box"
+    assert all(call.get("expanded") is True for call in calls), calls
 
 
 def test_example_picker(app: AppTest) -> None:

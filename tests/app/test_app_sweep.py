@@ -191,14 +191,61 @@ def test_generation_past_the_context_is_a_message(app: AppTest) -> None:
     assert app.session_state.get("sweep_result") is None
 
 
-def test_out_of_range_max_new_tokens(app: AppTest) -> None:
-    """Streamlit keeps number_input inside its bounds; the app never passes 0 or 65 on."""
-    for bad in (0, 65):
+def test_out_of_range_numbers_are_explained(app: AppTest) -> None:
+    """Out-of-range numbers give a visible message (QA: 500 tokens, and Run sweep did
+    nothing: the browser silently refuses values outside a number_input's min/max). The
+    fields have no bounds of their own; the labels say the range and the app checks it."""
+    for key in ("sweep_max_new", "sweep_seed"):
+        widget = app.number_input(key=key)
+        assert not widget.proto.has_min and not widget.proto.has_max, key
+    assert "1\u201364" in app.number_input(key="sweep_max_new").proto.label
+    for bad in (500, 65, 0, -1):
         run_sweep(app, sweep_max_new=bad)
         assert not app.exception, app.exception
-        result = app.session_state.get("sweep_result")
-        if result is not None:
-            assert 1 <= result.max_new_tokens <= 64
+        text = tab_messages(app).lower()
+        assert "tokens to generate must be between 1 and 64" in text, text
+        assert app.session_state.get("sweep_result") is None
+        # the error is the message: no "press Run sweep" as if nothing had happened
+        assert not any("Run sweep" in i.value for i in tab(app).info)
+    run_sweep(app, sweep_max_new=2, sweep_seed=-5)
+    assert "noise seed must be between 0" in tab_messages(app).lower()
+    assert app.session_state.get("sweep_result") is None
+    run_sweep(app, sweep_max_new=2, sweep_seed=3)
+    assert not tab(app).error, tab_messages(app)
+    assert app.session_state["sweep_result"].max_new_tokens == 2
+
+
+def test_new_prompt_resets_pairwise_position(app: AppTest) -> None:
+    """The layer x layer KL position is reset with the drill-down's when the prompt changes,
+    and the browser is sent the label of the new token (QA: the box kept showing
+    "29: Australia" while the chart showed position 29 of the France prompt)."""
+    app.selectbox(key="pair_pos").set_value(2).run()
+    assert "position 2 " in json.dumps(specs(app)["pairwise"]["title"])
+    run_lens(app, prompt="What is the capital of France?", target=" Paris")
+    assert not app.exception and not app.error
+    lens = app.session_state["lens_result"]
+    last = lens.n_positions - 1
+    box = app.selectbox(key="pair_pos")
+    assert box.value == last == app.session_state["drill_pos"]
+    # the label the browser shows: sent with the new value, and naming the current token
+    assert box.proto.set_value and box.proto.raw_value == box.proto.options[last]
+    from lenskit.tokens import format_token
+
+    assert box.proto.raw_value.startswith(f"{last}: {format_token(str(lens.tokens[last]), 24)}")
+    assert f"position {last} " in json.dumps(specs(app)["pairwise"]["title"])
+
+
+def test_new_prompt_clears_sweep_messages(app: AppTest) -> None:
+    """A sweep error is about the prompt it was raised for (QA: "no template tokens" stayed
+    on screen after picking a chat example)."""
+    app.selectbox(key="example").set_value("Counting (raw text)").run()
+    run_sweep(app)
+    assert "no template tokens" in tab_messages(app).lower()
+    app.selectbox(key="example").set_value("Capital of France (chat)").run()
+    assert not app.exception, app.exception
+    assert app.session_state["lens_result"].prompt == "What is the capital of France?"
+    assert not tab(app).error, tab_messages(app)
+    assert any("Run sweep" in i.value for i in tab(app).info)
 
 
 def test_raw_prompt_without_template(app: AppTest) -> None:

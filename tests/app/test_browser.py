@@ -33,6 +33,17 @@ IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
 CHART = "[data-testid='stVegaLiteChart']"
 
 
+# How far (px) the drill-down chart's drawing sticks out to the right of its st.column.
+DRILL_OVERFLOW_JS = """() => {
+  for (const col of document.querySelectorAll("[data-testid='stColumn']")) {
+    const marks = col.querySelector("[data-testid='stVegaLiteChart'] canvas, "
+      + "[data-testid='stVegaLiteChart'] svg.marks");
+    if (marks) return marks.getBoundingClientRect().right - col.getBoundingClientRect().right;
+  }
+  return null;
+}"""
+
+
 def _unavailable(reason: str) -> None:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"browser test cannot run under CI: {reason}")
@@ -176,6 +187,21 @@ def test_app_in_chromium(chromium: str, app_url: str, tmp_path: Path) -> None:
             wait_idle(page)
             assert drill.input_value() != before, "clicking a detail cell did not drill down"
             assert page.locator("[data-testid='stException']").count() == 0
+
+            # at a 1280 px window the drill-down chart (two stacked panels) fits its narrow
+            # column: nothing is cut off (side by side, the rank panel was)
+            page.set_viewport_size({"width": 1280, "height": 1000})
+            page.wait_for_timeout(1500)
+            overflow = page.evaluate(DRILL_OVERFLOW_JS)
+            assert overflow is not None, "no drill-down chart in a column"
+            assert overflow <= 1, f"the drill-down chart sticks out of its column by {overflow}px"
+            page.screenshot(path=str(tmp_path / "drill_1280.png"), full_page=True)
+
+            # an out-of-range number is explained, not silently refused by the browser
+            page.get_by_role("spinbutton", name="Top-k tokens per cell").fill("100")
+            page.get_by_role("button", name="Run logit lens").click()
+            page.get_by_text("Top-k must be between 1 and 50").first.wait_for(timeout=30_000)
+            wait_idle(page)
         finally:
             browser.close()
 

@@ -110,6 +110,15 @@ def colour_scale(spec: dict) -> dict:
     raise AssertionError("no colour scale in spec")
 
 
+def cell_layers(spec: dict) -> list[dict]:
+    """The rect layers that carry the cells' tooltip (the heatmap cells)."""
+    return [
+        layer
+        for layer in layers_of(spec)
+        if layer.get("mark", {}).get("type") == "rect" and "tooltip" in layer.get("encoding", {})
+    ]
+
+
 def params(spec: dict) -> dict[str, dict]:
     return {p["name"]: p for layer in layers_of(spec) for p in layer.get("params", []) or []}
 
@@ -203,7 +212,40 @@ def test_template_tokens_boxed_and_coloured() -> None:
 
 def test_overview_highlight_box() -> None:
     spec = charts.chart_spec(charts.lens_heatmap(make_result(), labels=False, highlight=(3, 8)))
-    assert box_values(spec) == [{"first": 3, "last": 8, "kind": "detail range"}]
+    assert {json.dumps(v) for v in box_values(spec)} == {
+        json.dumps({"first": 3, "last": 8, "kind": "detail range"})
+    }
+
+
+def box_strokes(spec: dict) -> set[str]:
+    """Stroke colours of the box layers (unfilled rects)."""
+    return {
+        str(layer["mark"]["stroke"]).lower()
+        for layer in layers_of(spec)
+        if isinstance(layer.get("mark"), dict)
+        and "fill" in layer["mark"]
+        and layer["mark"]["fill"] is None
+    }
+
+
+def test_each_colour_means_one_thing_in_the_overview() -> None:
+    """Purple marks template tokens only; the detail range is boxed in another colour, and
+    the axis title names both (QA: the purple box looked like "template tokens")."""
+    result = make_result()
+    spec = charts.chart_spec(charts.lens_heatmap(result, labels=False, highlight=(3, 8)))
+    strokes = box_strokes(spec)
+    assert strokes and charts.TEMPLATE_COLOR.lower() not in strokes
+    assert charts.HIGHLIGHT_COLOR.lower() in strokes
+    cells = cell_layers(spec)[0]
+    title = cells["encoding"]["x"]["axis"]["title"]
+    assert "template tokens in purple" in title and "dashed box: detail view" in title
+    # the template boxes of the detail view stay purple
+    detail = charts.chart_spec(charts.lens_heatmap(result, positions=range(6, 14)))
+    assert box_strokes(detail) == {charts.TEMPLATE_COLOR.lower()}
+    # no template tokens shown: the title does not mention purple
+    raw = make_result(tokens=[f"w{i}" for i in range(6)])
+    raw_spec = charts.chart_spec(charts.lens_heatmap(raw, labels=False, highlight=(1, 2)))
+    assert "purple" not in cell_layers(raw_spec)[0]["encoding"]["x"]["axis"]["title"]
 
 
 def test_target_metric_needs_target() -> None:
@@ -265,14 +307,78 @@ def test_position_table_and_drilldown() -> None:
     result = make_result()
     table = charts.position_table(result, 13)
     assert list(table["layer"]) == ["out", "3", "2", "1", "emb"]
-    assert {"top 1", "p1", "entropy (nats)", "target rank"} <= set(table.columns)
+    assert {"top 1", "p1", "entropy (nats)", "target rank (1 = top)"} <= set(table.columns)
     spec = charts.chart_spec(charts.position_drilldown_chart(result, 13))
-    assert len(spec["hconcat"]) == 2
-    assert "rank" in json.dumps(spec["hconcat"][1]["encoding"]["y"])
+    assert len(spec["vconcat"]) == 2
+    assert "rank" in json.dumps(spec["vconcat"][1]["encoding"]["y"])
     no_target = charts.chart_spec(charts.position_drilldown_chart(make_result(target=False), 0))
-    assert "entropy" in json.dumps(no_target["hconcat"][1]["encoding"]["y"])
+    assert "entropy" in json.dumps(no_target["vconcat"][1]["encoding"]["y"])
     with pytest.raises(ValueError):
         charts.position_table(result, 99)
+
+
+def test_drilldown_fits_a_narrow_column() -> None:
+    """The two panels are stacked and narrow, so the chart fits the drill-down's right column
+    (~440 px at a 1280 px window; QA: side by side it was ~1100 px and the rank panel was cut
+    off). Stacked (a plain vconcat, no autosize of its own), Streamlit's width="stretch"
+    sets each panel to the column's width."""
+    result = make_result(n_layers=30, vocab_size=49152)
+    for chart in (
+        charts.position_drilldown_chart(result, 13),
+        charts.position_drilldown_chart(make_result(n_layers=30, target=False), 13),
+    ):
+        spec = charts.chart_spec(chart)
+        assert "hconcat" not in spec and len(spec["vconcat"]) == 2
+        assert "autosize" not in spec  # Streamlit then fits the panels to the container
+        assert all(panel["width"] <= 360 for panel in spec["vconcat"])
+        svg = charts.chart_bytes(chart, "svg").decode()
+        width = float(re.search(r'<svg[^>]*\bwidth="([\d.]+)"', svg).group(1))
+        assert width <= 440, width
+
+
+def test_rank_is_one_based_everywhere() -> None:
+    """One rank convention for users, 1 = top, said in every label (QA: the table said 828,
+    the chart 829, the heatmap tooltip "(0 = top)"); LensResult.target_rank stays 0-based."""
+    result = make_result()
+    result.target_rank[:, 13] = np.arange(result.n_rows) * 100 + 827
+    expected = (result.target_rank[:, 13] + 1).tolist()  # emb .. out
+    table = charts.position_table(result, 13)
+    assert table["target rank (1 = top)"].tolist() == expected[::-1]  # out .. emb
+    drill = charts.chart_spec(charts.position_drilldown_chart(result, 13))
+    rank_panel = drill["vconcat"][1]
+    assert [v["rank"] for v in values_of(drill, rank_panel)] == expected
+    assert "1 = top" in rank_panel["encoding"]["y"]["title"]
+    detail = charts.chart_spec(charts.lens_heatmap(result, positions=range(10, 14)))
+    cells = [v for v in data_values(detail) if v["position"] == 13]
+    names = [str(x) for x in result.layer_names]
+    assert {v["layer"]: v["target_rank"] for v in cells} == dict(zip(names, expected, strict=True))
+    titles = [t.get("title", "") for t in cell_layers(detail)[0]["encoding"]["tooltip"]]
+    rank_titles = [t for t in titles if "rank" in t]
+    assert rank_titles == ["target rank (1 = top)"]
+    assert not any("0 = top" in json.dumps(s) for s in (detail, drill))
+
+
+def test_small_probabilities_are_readable() -> None:
+    """Probabilities keep 3 significant digits: 6.2e-6 does not show as 0.0000 / 0.000."""
+    result = make_result()
+    result.target_prob[:, 13] = 6.2e-6
+    result.top_probs[:, 13, 2] = 6.2e-6
+    detail = charts.chart_spec(charts.lens_heatmap(result, positions=range(10, 14)))
+    tooltip = cell_layers(detail)[0]["encoding"]["tooltip"]
+    p_target = next(t for t in tooltip if t["field"] == "target_prob")
+    assert p_target["format"] == charts.PROB_FORMAT == ".3~g"
+    top3 = [v["top3_text"] for v in data_values(detail) if v["position"] == 13]
+    assert all(text.endswith("6.2e-06") for text in top3), top3
+    for metric in ("top1_prob", "target_prob"):
+        spec = charts.chart_spec(charts.lens_heatmap(result, metric, positions=range(10, 14)))
+        value = next(
+            t for t in cell_layers(spec)[0]["encoding"]["tooltip"] if t["field"] == "value"
+        )
+        assert value["format"] == charts.PROB_FORMAT
+    drill = charts.chart_spec(charts.position_drilldown_chart(result, 13))
+    prob = next(t for t in drill["vconcat"][0]["encoding"]["tooltip"] if t["field"] == "prob")
+    assert prob["format"] == charts.PROB_FORMAT
+    assert charts.format_prob(6.2e-6) == "6.2e-06" and charts.format_prob(0.99812) == "0.998"
 
 
 def test_weird_tokens_render(tmp_path) -> None:
