@@ -218,6 +218,12 @@ def test_many_rows_block_per_row(dtype):
     check(kl_div(x, y), kl_f64(x, y))
 
 
+def test_row_threads_override_typo_is_an_error(monkeypatch):
+    monkeypatch.setenv("LENSKIT_CUDA_ROW_THREADS", "512")
+    with pytest.raises(RuntimeError, match="LENSKIT_CUDA_ROW_THREADS='512'"):
+        entropy(randn((2, 4200), torch.float32, seed=0))
+
+
 @pytest.mark.parametrize("setting", ["256", "1024"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_row_threads_override(monkeypatch, dtype, setting):

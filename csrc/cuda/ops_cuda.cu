@@ -51,6 +51,7 @@
 #include "rows.cuh"
 
 #include <algorithm>
+#include <cstdlib>
 #include <atomic>
 #include <cfloat>
 #include <climits>
@@ -164,6 +165,12 @@ void launch_rows(const Op& op, int64_t rows, int64_t V, int vec_width, float* ou
   const int sms = current_device_sm_count();
   const int64_t cap = static_cast<int64_t>(sms) * kBlocksPerSmCap;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  // rows.cuh reads the override without ATen (it also builds for the CPU emulator), so a
+  // typo is caught here, before it would silently mean "no override".
+  if (const char* env = std::getenv("LENSKIT_CUDA_ROW_THREADS"); env != nullptr && *env != '\0') {
+    TORCH_CHECK(row_threads_override() != 0, "lenskit: LENSKIT_CUDA_ROW_THREADS='", env,
+                "' is not 256 or 1024 (or unset for the choice by row length)");
+  }
   const int threads = threads_per_row(rows, V, vec_width, sms);
   if (threads == kWarpSize) {
     const int64_t groups = (rows + kRowsPerWarpBlock - 1) / kRowsPerWarpBlock;
