@@ -19,9 +19,11 @@ import importlib.util
 import json
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import time
+import urllib.parse
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -239,11 +241,14 @@ def _load_hf(
     trust_remote_code: bool,
     device_map: Any,
     gguf_file: str | None = None,
+    local_files_only: bool = False,
 ) -> tuple[Any, Any]:
     """from_pretrained for model + tokenizer, every failure turned into ModelLoadError."""
     import transformers
 
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if local_files_only:
+        kwargs["local_files_only"] = True
     if gguf_file is not None:
         kwargs["gguf_file"] = gguf_file
     try:
@@ -620,16 +625,47 @@ def _load_any(
             "file, a hub id like 'HuggingFaceTB/SmolLM2-135M-Instruct', or 'default'."
         )
     _report(progress, 0.1, f"Loading {spec} from the Hugging Face hub/cache")
+    host = _unreachable_hub()
+    what = f"'{spec}' (not a local path, so tried as a Hugging Face hub id)"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model, tok = _load_hf(
-            spec,
-            what=f"'{spec}' (not a local path, so tried as a Hugging Face hub id)",
-            dtype=dtype,
-            trust_remote_code=trust_remote_code,
-            device_map=device_map,
-        )
+        try:
+            model, tok = _load_hf(
+                spec,
+                what=what,
+                dtype=dtype,
+                trust_remote_code=trust_remote_code,
+                device_map=device_map,
+                local_files_only=host is not None,
+            )
+        except ModelLoadError as exc:
+            if host is None:
+                raise
+            raise ModelLoadError(
+                f"{what} is not in the local Hugging Face cache, and the hub ({host}) cannot "
+                "be reached from this machine. Connect to the network, or pass a local "
+                "checkpoint directory or .gguf file ('default' needs no network)."
+            ) from exc
     return model, tok, spec
+
+
+def _unreachable_hub(timeout_s: float = 3.0) -> str | None:
+    """The hub's host when a TCP connection to it fails, else None (reachable, offline mode
+    already set, or a proxy that a direct probe cannot speak for). Without this check an
+    unreachable hub costs ~25 s of huggingface_hub retries before any error."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or any(
+        os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+    ):
+        return None
+    url = urllib.parse.urlsplit(constants.ENDPOINT)
+    host = url.hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, url.port or 443), timeout=timeout_s).close()
+    except OSError:
+        return host
+    return None
 
 
 def model_name(model: Any) -> str:

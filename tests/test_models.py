@@ -7,6 +7,7 @@ import os
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -137,12 +138,57 @@ def test_unknown_hub_id_offline(monkeypatch):
     assert "no-such-org-lenskit/no-such-model" in str(info.value)
 
 
+@pytest.fixture
+def hub_probe(monkeypatch):
+    """Pretend the machine is online-capable (conftest sets HF_HUB_OFFLINE=1) with no proxy,
+    and record the probe's connections; ``calls[0]`` says whether they succeed."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    calls: list[Any] = [False]
+
+    class Conn:
+        def close(self):
+            pass
+
+    def connect(address, timeout):
+        calls.append(address)
+        if not calls[0]:
+            raise OSError("Network is unreachable")
+        return Conn()
+
+    monkeypatch.setattr(models.socket, "create_connection", connect)
+    return calls
+
+
+def test_unreachable_hub_fails_fast(hub_probe):
+    t0 = time.perf_counter()
+    with pytest.raises(ModelLoadError, match=r"hub \(huggingface.co\) cannot be reached"):
+        lenskit.load_model("no-such-org-lenskit/no-such-model", progress=False)
+    assert time.perf_counter() - t0 < 10  # not ~25 s of retries
+    assert hub_probe[1:] == [("huggingface.co", 443)]
+
+
+def test_hub_probe_skipped_when_reachable_offline_or_proxied(hub_probe, monkeypatch):
+    hub_probe[0] = True
+    assert models._unreachable_hub() is None and len(hub_probe) == 2
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy:3128")
+    hub_probe[0] = False
+    assert models._unreachable_hub() is None and len(hub_probe) == 2  # a proxy: no probe
+    monkeypatch.delenv("HTTPS_PROXY")
+    assert models._unreachable_hub() == "huggingface.co"
+
+
 def test_broken_gguf(tmp_path, monkeypatch):
     monkeypatch.setenv("LENSKIT_CACHE_DIR", str(tmp_path / "cache"))
     bad = tmp_path / "broken.gguf"
     bad.write_bytes(b"not a gguf file at all" * 100)
-    with pytest.raises(ModelLoadError, match="broken.gguf"):
+    with pytest.raises(ModelLoadError, match="broken.gguf") as info:
         lenskit.load_model(str(bad))
+    # the hint is about GGUF files, not checkpoint directories
+    assert "complete GGUF file" in str(info.value) and "config.json" not in str(info.value)
     # a failed conversion leaves no (half) cache behind
     cache = tmp_path / "cache" / "gguf"
     assert not cache.exists() or not [p for p in cache.iterdir() if not p.name.startswith(".tmp")]
@@ -187,14 +233,6 @@ def test_bad_device_and_dtype(tiny_model_dir):
             lenskit.load_model(str(tiny_model_dir), device=device)
     with pytest.raises(ModelLoadError, match="Unsupported dtype torch.float64"):
         lenskit.load_model(str(tiny_model_dir), dtype=torch.float64)
-
-
-def test_bad_gguf_file_hint(tmp_path):
-    path = tmp_path / "broken.gguf"
-    path.write_bytes(b"not a gguf file")
-    with pytest.raises(ModelLoadError) as info:
-        lenskit.load_model(str(path), progress=False)
-    assert "complete GGUF file" in str(info.value) and "config.json" not in str(info.value)
 
 
 def test_device_auto_and_dtype(tiny_model_dir):
