@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -67,3 +68,21 @@ def test_sweep_bad_arguments(tiny_model_dir, tmp_path, capsys, extra, message):
     assert err.startswith("lenskit: error:") and len(err.splitlines()) == 1
     assert message in err and len(err) < 300
     assert not out.exists()
+
+
+@pytest.mark.parametrize("intervention", ["mean", "noise"])
+def test_sweep_intervention_and_seed_are_used(tiny_model_dir, tmp_path, intervention):
+    """--intervention / --seed reach the sweep: the CLI gives the API's result."""
+    out = tmp_path / "s.json"
+    args = ["sweep", PROMPT, "--model", str(tiny_model_dir), "--max-new-tokens", "2", "-q"]
+    extra = ["--positions", "3,5", "--intervention", intervention, "--seed", "5"]
+    assert main([*args, *extra, "--out", str(out)]) == 0
+    result = lenskit.SweepResult.from_json(out.read_text())
+    assert (result.intervention, result.seed) == (intervention, 5)
+    model, tokenizer = lenskit.load_model(str(tiny_model_dir))
+    api = lenskit.intervention_sweep(
+        model, tokenizer, PROMPT, max_new_tokens=2, positions=[3, 5],
+        intervention=intervention, seed=5,
+    )  # fmt: skip
+    assert result.kl.max() > 0
+    np.testing.assert_allclose(result.kl, api.kl, rtol=1e-4, atol=1e-10)

@@ -521,3 +521,60 @@ def test_default_model_pairwise_kl_and_lens_on_generation(default_model):
     assert lens.n_positions == n_prompt + 5 and lens.n_rows == 31
     answer = tokenizer.decode(lens.token_ids[n_prompt:].tolist())
     assert answer.startswith("The capital of Australia"), answer
+
+
+def test_top_token_and_probability_are_the_intervened_runs(tok, llama):
+    """top_ids_intervened / generated_prob_intervened come from the intervened logits (here:
+    skip everywhere = the model without block l), not from the clean run."""
+    res = intervention_sweep(llama, tok, PROMPT, positions="all-prompt", max_new_tokens=1)
+    n, seq, clean = _clean_and_seq(tok, llama, res)
+    gen = int(res.generated_ids[0])
+    assert int(clean[0].argmax()) == gen
+    for layer in range(3):
+        pruned = copy.deepcopy(llama)
+        del pruned.model.layers[layer]
+        pruned.config.num_hidden_layers = 2
+        with torch.no_grad():
+            ref = pruned(torch.tensor([seq]), use_cache=False).logits[0, n - 1]
+        assert res.top_ids_intervened[layer, 0] == int(ref.argmax())
+        assert res.top_tokens_intervened[layer, 0] == tok.convert_ids_to_tokens(int(ref.argmax()))
+        p_gen = float(torch.softmax(ref.float(), -1)[gen])
+        assert res.generated_prob_intervened[layer, 0] == pytest.approx(p_gen, abs=1e-5)
+        p_clean = float(torch.softmax(clean[0].float(), -1)[gen])
+        assert res.generated_prob_clean[0] == pytest.approx(p_clean, abs=1e-5)
+    # the comparison is not between identical runs: skipping a block changes the top-1
+    assert (res.top_ids_intervened[:, 0] != gen).any()
+
+
+def test_noise_is_scaled_by_the_residual_rms(tok, llama):
+    """ "noise": h_out[t] += NOISE_SCALE * rms(h_out[t]) * eps[t], eps fixed by (seed, l)."""
+    from lenskit.interventions import NOISE_SCALE, _noise
+
+    positions, layer, seed = [5, 9, 40], 1, 4
+    res = intervention_sweep(
+        llama, tok, PROMPT, positions=positions, intervention="noise", seed=seed, layers=[layer]
+    )
+    n, seq, clean = _clean_and_seq(tok, llama, res)
+    d = llama.config.hidden_size
+    eps = _noise(seed, layer, n, d)[positions]
+
+    def noise_hook(module, args, out):
+        out = out.clone()
+        h = out[0, positions]
+        rms = h.norm(dim=-1, keepdim=True) / d**0.5
+        out[0, positions] = h + NOISE_SCALE * rms * eps
+        return out
+
+    ref = _logits_with_hook(llama, seq, layer, noise_hook)[n - 1 :]
+    np.testing.assert_allclose(res.kl[0], kl_div(clean, ref).numpy(), atol=ATOL)
+    assert res.kl[0].max() > 1e-3
+
+
+def test_sweep_frame_top_changed(tok, llama):
+    """The frame's top_changed is True exactly where the intervened top-1 differs from the
+    generated token."""
+    res = intervention_sweep(llama, tok, PROMPT, positions="all-prompt", max_new_tokens=3)
+    changed = res.top_ids_intervened != res.generated_ids[None]
+    assert changed.any() and not changed.all()
+    frame = res.to_frame()
+    np.testing.assert_array_equal(frame["top_changed"].to_numpy().reshape(changed.shape), changed)

@@ -220,3 +220,16 @@ def test_cuda_matches_cpu(tok):
     np.testing.assert_allclose(a.entropy, b.entropy, atol=1e-4)
     np.testing.assert_allclose(a.kl_to_final, b.kl_to_final, atol=1e-4)
     np.testing.assert_array_equal(a.top_ids, b.top_ids)
+
+
+def test_display_tokens_are_formatted(llama, tok):
+    """display_tokens (and the frame's display_token column) are the readable spellings."""
+    from lenskit.tokens import format_token
+
+    res = lenskit.run_lens(llama, tok, PROMPT)
+    assert list(res.display_tokens) == [format_token(str(t)) for t in res.tokens]
+    newline = res.template_positions[1]
+    assert res.tokens[newline] == "\u010a" and res.display_tokens[newline] == "\u21b5"
+    assert res.to_frame().query("layer_index == 0")["display_token"].tolist() == list(
+        res.display_tokens
+    )

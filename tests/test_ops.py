@@ -836,3 +836,30 @@ def test_torch_compile_fullgraph():
     a, b = f(x, y)
     assert_close(a, ref_entropy(x) + 2 * ref_kl(x, y), atol=1e-5)
     assert_close(b, ref_kl(x[0][:, None], y[0][None]), atol=1e-5)
+
+
+@pytest.mark.skipif(not HAVE_EXT or FORCED_TORCH, reason="extension not built")
+@pytest.mark.parametrize("setting", [None, "auto", " Auto "])
+def test_compiled_ops_serve_cpu_unless_torch_is_forced(monkeypatch, setting):
+    """Unset or 'auto' means the compiled ops: the PyTorch fallback must never run silently
+    in their place (it is correct, so only the dispatch itself can tell them apart)."""
+    if setting is None:
+        monkeypatch.delenv("LENSKIT_BACKEND", raising=False)
+    else:
+        monkeypatch.setenv("LENSKIT_BACKEND", setting)
+    monkeypatch.delenv("LENSKIT_CPU_ISA", raising=False)
+    assert lenskit.backend("cpu") == "cpp"
+
+    def fallback(*args, **kwargs):
+        raise AssertionError("the PyTorch fallback ran instead of the compiled op")
+
+    for name in ("entropy", "entropy_lse", "kl_div", "pairwise_kl"):
+        monkeypatch.setattr(f"lenskit.reference.{name}", fallback)
+    x = make_logits((3, 50), torch.float32, seed=1)
+    y = make_logits((3, 50), torch.float32, seed=2)
+    assert_close(lenskit.entropy(x), ref_entropy(x))
+    ent, lse = lenskit.entropy_lse(x)
+    assert_close(ent, ref_entropy(x))
+    assert_close(lse, ref_lse(x))
+    assert_close(lenskit.kl_div(x, y), ref_kl(x, y))
+    assert_close(lenskit.pairwise_kl(x, y), ref_kl(x[:, None], y[None]))

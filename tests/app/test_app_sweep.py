@@ -160,6 +160,37 @@ def test_pairwise_position(app: AppTest) -> None:
     assert len(spec["encoding"]["x"]["scale"]["domain"]) == lens.n_rows
 
 
+def chart_frame(at: AppTest, kind: str):
+    """The cell data of one of the tab's charts (sent beside the spec as an Arrow dataset)."""
+    import pyarrow as pa
+
+    for element in tab(at).get("vega_lite_chart"):
+        if json.loads(element.proto.spec) == specs(at)[kind]:
+            (dataset,) = element.proto.datasets
+            return pa.ipc.open_stream(dataset.data.data).read_all().to_pandas()
+    raise AssertionError(f"no {kind} chart")
+
+
+def test_pairwise_chart_values(app: AppTest) -> None:
+    """The cells show KL(p_i || p_j) with i on y and j on x: the matrix of
+    lenskit.layer_pairwise_kl itself, not its transpose (KL is not symmetric)."""
+    import numpy as np
+
+    from lenskit import layer_pairwise_kl, load_model
+
+    app.selectbox(key="pair_pos").set_value(3).run()
+    assert not app.exception
+    lens = app.session_state["lens_result"]
+    model, tokenizer = load_model("default")
+    names, kl = layer_pairwise_kl(
+        model, tokenizer, lens.prompt, 3, chat=lens.chat, system=lens.system
+    )
+    assert not np.allclose(kl, kl.T, rtol=1e-3, atol=0)  # a transposed chart would show
+    frame = chart_frame(app, "pairwise")
+    shown = frame.pivot(index="p", columns="q", values="kl").loc[list(names), list(names)]
+    np.testing.assert_allclose(shown.to_numpy(), kl, rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.parametrize(
     ("fields", "expected"),
     [
@@ -296,3 +327,14 @@ def test_user_text_is_not_rendered(app: AppTest) -> None:
     for element in [*t.markdown, *t.caption, *t.error, *t.warning, *t.info]:
         assert not getattr(element.proto, "allow_html", False)
         assert "<script>" not in element.value and "**bold**" not in element.value
+
+
+def test_generation_lens_metric_selector(app: AppTest) -> None:
+    """The "Colour by" radio under the generation lens recolours that chart."""
+    run_sweep(app, sweep_max_new=2)
+    assert not tab(app).error, tab_messages(app)
+    for key, start in (("kl_to_final", "KL"), ("top1_prob", "Top-1"), ("entropy", "Entropy")):
+        app.radio(key="gen_metric").set_value(key).run()
+        assert not app.exception, app.exception
+        colour = rect_layer(specs(app)["gen_lens"])["encoding"]["color"]
+        assert colour["title"].startswith(start), (key, colour["title"])
