@@ -44,6 +44,10 @@ DEFAULT_PROMPT = "What is the capital of Australia?"
 MAX_TOP_K = 50
 #: Largest noise seed (the sweep's generator takes 32-bit seeds).
 MAX_SEED = 2**31 - 1
+#: Prompts longer than this (characters) are shown in a scrolling box of PROMPT_BOX_PX
+#: pixels, so a long prompt does not push the charts a page down.
+LONG_PROMPT_CHARS = 400
+PROMPT_BOX_PX = 120
 
 #: Example prompts: label -> (prompt, chat, target).
 EXAMPLES: dict[str, tuple[str, bool, str]] = {
@@ -140,6 +144,12 @@ _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$&:=\"'])")
 def _md_escape(text: str) -> str:
     """Escape markdown (and the HTML that markdown would pass through) in user/engine text."""
     return _MD_SPECIAL.sub(r"\\\1", text)
+
+
+def _show_prompt(text: str) -> None:
+    """The prompt as plain text; a long one in a fixed-height box that scrolls."""
+    long = len(text) > LONG_PROMPT_CHARS or text.count("\n") > 5
+    st.code(text, language=None, wrap_lines=True, height=PROMPT_BOX_PX if long else "content")
 
 
 @dataclass(frozen=True)
@@ -345,7 +355,9 @@ def _compute(request: LensRequest, system: str | None, status: Any) -> str | Non
             f"Could not load model {spec_shown}: {type(exc).__name__}: {_md_escape(str(exc))}",
         )
         return None
-    status.update(label="Reading out every layer\u2026")
+    # expanded=True again: update() without it collapses the box (Streamlit 1.67 clears the
+    # flag), which hid the progress bars of a long read-out behind a spinner.
+    status.update(label="Reading out every layer\u2026", expanded=True)
     try:
         return lens_json(
             request.spec,
@@ -441,7 +453,7 @@ def lens_tab() -> None:
         f"({chat}) \u00b7 {result.n_rows} read-outs (emb, blocks 1\u2013{result.n_rows - 2}, "
         f"out) \u00b7 V = {result.vocab_size}"
     )
-    st.code(result.prompt, language=None, wrap_lines=True)
+    _show_prompt(result.prompt)
 
     keys = list(charts.METRICS)
     metric = st.radio(
@@ -889,7 +901,7 @@ def _sweep_view(result: SweepResult, request: SweepRequest, lens_request: LensRe
             "This sweep was computed for an earlier prompt or model (below); press "
             "**Run sweep** to sweep the current one."
         )
-        st.code(request.prompt, language=None, wrap_lines=True)
+        _show_prompt(request.prompt)
     # Formatted as one string: a character split over two tokens reads whole.
     answer = format_token("".join(str(t) for t in result.generated_tokens), max_len=0)
     st.caption(f"Greedy answer ({result.n_generated} tokens, \u2423 = space, \u21b5 = newline):")

@@ -201,23 +201,59 @@ def test_out_of_range_top_k_is_explained(app: AppTest) -> None:
 
 
 def test_lens_progress_is_visible(tiny_default_model: Path, monkeypatch) -> None:
-    """The progress bars of a run sit in an st.status box: it opens expanded, so a long
-    read-out shows its progress (QA: collapsed, only a spinner for ~50 s)."""
+    """The progress bars of a run sit in an st.status box: it opens expanded and stays so
+    when its label changes, so a long read-out shows its progress (QA: collapsed, only a
+    spinner for ~50 s; then again, because update() without expanded=True collapses it)."""
     from streamlit.delta_generator import DeltaGenerator
+    from streamlit.elements.lib.mutable_status_container import StatusContainer
 
     calls: list[dict] = []
     original = DeltaGenerator.status
+    original_update = StatusContainer.update
 
     def status(self, label, *args, **kwargs):
         calls.append({"label": label, **kwargs})
         return original(self, label, *args, **kwargs)
 
+    def update(self, **kwargs):
+        calls.append({"update": True, **kwargs})
+        return original_update(self, **kwargs)
+
     monkeypatch.setattr(DeltaGenerator, "status", status)
+    monkeypatch.setattr(StatusContainer, "update", update)
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
     at.run()
     assert not at.exception, at.exception
     assert calls, "the lens run shows no status box"
-    assert all(call.get("expanded") is True for call in calls), calls
+    assert any(call.get("update") for call in calls), calls  # the label does change
+    # (the final update(state="complete") on leaving the box may collapse it: it is removed)
+    shown = [call for call in calls if "label" in call]
+    assert all(call.get("expanded") is True for call in shown), calls
+
+
+def test_long_prompt_scrolls(tiny_default_model: Path, monkeypatch) -> None:
+    """A long prompt is shown in a fixed-height box (QA: a 3000-word prompt pushed the
+    charts ~2500 px down the page); a short one at its own height."""
+    import streamlit as st
+
+    shown: dict[str, object] = {}
+    original = st.code
+
+    def code(body, *args, **kwargs):
+        shown[str(body)] = kwargs.get("height", "content")
+        return original(body, *args, **kwargs)
+
+    monkeypatch.setattr(st, "code", code)
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.run()
+    assert shown[at.session_state["lens_result"].prompt] == "content"
+    long_prompt = "\n".join(["one", "two", "three", "four", "five", "six", "seven"])
+    at.session_state["prompt"] = long_prompt
+    at.sidebar.button[0].click()
+    at.run()
+    assert not at.exception and not at.error, at.error
+    assert at.session_state["lens_result"].prompt == long_prompt
+    assert isinstance(shown[long_prompt], int) and 60 <= shown[long_prompt] <= 300
 
 
 def test_example_picker(app: AppTest) -> None:
