@@ -42,13 +42,48 @@ def _byte_level_text(raw: str) -> str | None:
         return None  # printable ASCII stands for itself; nothing to gain
     alphabet = _byte_level_alphabet()
     try:
-        text = bytes(alphabet[c] for c in raw).decode("utf-8")
-    except (KeyError, UnicodeDecodeError):
+        data = bytes(alphabet[c] for c in raw)
+    except KeyError:
         return None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = _cut_characters(data)
+        if text is None:
+            return None
     controls = {c for c in text if unicodedata.category(c) == "Cc"}
     if controls - {"\n", "\t"} and not text.isspace():
         return None
     return text
+
+
+def _cut_characters(data: bytes) -> str | None:
+    """UTF-8 text whose first and/or last character is cut off (a span of tokens that starts
+    or ends inside a character, e.g. a generated answer), with U+FFFD for each cut piece:
+    ``"🦘"`` + half of ``"🇦"`` -> ``"🦘\ufffd"``. None unless what lies between is whole UTF-8
+    with a multi-byte character in it: only that shows the bytes are byte-level BPE's (a
+    single fragment, or SentencePiece text that happens to use the stand-ins, stays as is)."""
+    start = 0
+    while start < min(3, len(data)) and 0x80 <= data[start] < 0xC0:
+        start += 1  # continuation bytes of a character that began before the span
+    end = len(data)
+    for back in range(1, min(3, len(data) - start) + 1):
+        byte = data[-back]
+        if byte < 0x80:
+            break
+        if byte >= 0xC0:  # a lead byte: is its character complete?
+            if back < (2 if byte < 0xE0 else 3 if byte < 0xF0 else 4):
+                end = len(data) - back
+            break
+    if start == 0 and end == len(data):
+        return None
+    try:
+        middle = data[start:end].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if middle.isascii():
+        return None
+    return "\ufffd" * (start > 0) + middle + "\ufffd" * (end < len(data))
 
 
 def format_token(raw: str, max_len: int = 12) -> str:

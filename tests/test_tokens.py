@@ -67,3 +67,40 @@ def test_byte_level_tokens_read_as_text():
     assert format_token("".join(raw), max_len=0) == text.replace(" ", "\u2423").replace(
         "\n", "\u21b5"
     )
+
+
+def _byte_level(text: bytes) -> str:
+    """``text``'s bytes spelled with byte-level BPE's stand-in characters."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    table = bytes_to_unicode()
+    return "".join(table[b] for b in text)
+
+
+@pytest.mark.parametrize(
+    ("data", "shown"),
+    [
+        # a span that ends inside a character (QA: a greedy answer cut inside a flag emoji
+        # showed as "ðŁ¦ĺðŁĩ"): the whole characters read, the cut one is U+FFFD
+        ("\U0001f998\U0001f1e6".encode()[:-1], "\U0001f998\ufffd"),
+        ("caf\u00e9 \u4e2d\u56fd".encode()[:-2], "caf\u00e9\u2423\u4e2d\ufffd"),
+        # ... or starts inside one
+        ("\u4e2d\u56fd".encode()[1:], "\ufffd\u56fd"),
+        ("\u00e9\u4e2d\u00e9".encode()[1:-1], "\ufffd\u4e2d\ufffd"),
+    ],
+)
+def test_cut_characters_at_the_ends(data: bytes, shown: str):
+    assert format_token(_byte_level(data), max_len=0) == shown
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        _byte_level("\U0001f998".encode()[:2]),  # only a fragment: nothing whole to show
+        _byte_level(b"Caf" + "\u00e9".encode()[:1]),  # whole part ASCII: no evidence
+        "a\u00c2",  # SentencePiece-style text using stand-in characters
+        "s\u0105",  # Polish "są"
+    ],
+)
+def test_cut_characters_need_a_whole_multibyte_character(raw: str):
+    assert format_token(raw, max_len=0) == raw
