@@ -359,3 +359,46 @@ def test_gguf_bar_quiet_when_hf_bars_are_off():
         hf_logging.enable_progress_bar()
     with models._gguf_bar_follows_hf(True):
         assert gguf_utils.tqdm is original
+
+
+def test_load_stages_reported(tiny_model_dir):
+    """_load_hf says when each of its three loads begins (a GGUF conversion spends tens of
+    seconds in each; QA: the app's bar sat at 0% for a minute on the first load)."""
+    stages: list[str] = []
+    models._load_hf(
+        str(tiny_model_dir),
+        what="the tiny model",
+        dtype=torch.float32,
+        trust_remote_code=False,
+        device_map=None,
+        on_stage=stages.append,
+    )
+    assert stages == ["config", "model", "tokenizer"]
+
+
+def test_gguf_conversion_progress(tmp_path, tok, monkeypatch):
+    real = models._load_hf
+
+    def load_hf(source, *, gguf_file=None, on_stage=None, **kwargs):
+        if gguf_file is None:  # the load from the cache just written
+            return real(source, **kwargs)
+        assert on_stage is not None
+        for name in ("config", "model", "tokenizer"):
+            on_stage(name)
+        return make_tiny_model("llama", len(tok)), tok
+
+    monkeypatch.setattr(models, "_load_hf", load_hf)
+    monkeypatch.setenv("LENSKIT_CACHE_DIR", str(tmp_path / "cache"))
+    path = tmp_path / "tiny.gguf"
+    path.write_bytes(b"GGUF")
+    seen: list[tuple[float, str]] = []
+    lenskit.load_model(str(path), progress=lambda f, m: seen.append((f, m)))
+    fractions = [f for f, _ in seen]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    text = " | ".join(m for _, m in seen)
+    for step in ("metadata", "de-quantising", "tokenizer", "writing the cache", "Loaded"):
+        assert step in text, text
+    assert text.index("metadata") < text.index("de-quantising") < text.index("tokenizer")
+    # each stage moves the bar
+    stage_fractions = [f for f, m in seen if "(first load only)" in m]
+    assert len(set(stage_fractions)) == 3, seen
