@@ -509,9 +509,9 @@ def lens_tab() -> None:
 
     st.subheader("Detail")
     st.caption(
-        "Each cell: the layer's top-1 token (\u2423 = space, \u21b5 = newline); hover for the "
-        "top-k. Template (\u201cdummy\u201d) tokens are boxed in purple. Click a cell to "
-        "drill down."
+        "Each cell: the layer's top-1 token (\u2423 = space, \u21b5 = newline, \u237d = other "
+        "space); hover for the top-k. Template (\u201cdummy\u201d) tokens are boxed in purple. "
+        "Click a cell to drill down."
     )
     detail = charts.lens_heatmap(result, metric, positions=range(lo, shown_hi + 1), click=True)
     st.altair_chart(

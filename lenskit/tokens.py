@@ -20,7 +20,13 @@ _REPLACEMENTS = {
     "\t": "\u21e5",
     "\u010d": "\\r",  # č  -> \r
     "\r": "\\r",
+    # Invisible characters that would leave a cell or tooltip blank: shown as escapes.
+    "\u200b": "\\u200b",  # zero-width space
+    "\u2060": "\\u2060",  # word joiner
+    "\ufeff": "\\ufeff",  # byte order mark / zero-width no-break space
 }
+#: Shown for the space separators other than " " (no-break, thin, ideographic, ...).
+OTHER_SPACE = "\u237d"  # ⍽
 _TABLE = str.maketrans(_REPLACEMENTS)
 ELLIPSIS = "\u2026"
 
@@ -96,6 +102,10 @@ def format_token(raw: str, max_len: int = 12) -> str:
     """
     text = _byte_level_text(raw)
     shown = (raw if text is None else text).translate(_TABLE)
+    if not shown.isascii():
+        shown = "".join(
+            OTHER_SPACE if c != " " and unicodedata.category(c) == "Zs" else c for c in shown
+        )
     if shown == "":
         shown = "\u2205"  # ∅: an empty decode must still be visible
     if max_len and len(shown) > max_len:

@@ -104,3 +104,21 @@ def test_cut_characters_at_the_ends(data: bytes, shown: str):
 )
 def test_cut_characters_need_a_whole_multibyte_character(raw: str):
     assert format_token(raw, max_len=0) == raw
+
+
+@pytest.mark.parametrize(
+    ("raw", "shown"),
+    [
+        # QA: a no-break-space token (byte-level "Âł") showed as a blank tooltip entry
+        ("\u00c2\u0142", "\u237d"),
+        ("\u0120\u00c2\u0142", "\u2423\u237d"),
+        ("\u00a0", "\u237d"),
+        ("\u3000", "\u237d"),  # ideographic space
+        ("a\u2009b", "a\u237db"),  # thin space
+        ("a\u200bb", "a\\u200bb"),  # zero-width space
+        ("\ufeff", "\\ufeff"),
+        ("caf\u00e9", "caf\u00e9"),  # other non-ASCII untouched
+    ],
+)
+def test_invisible_characters_are_visible(raw: str, shown: str):
+    assert format_token(raw, max_len=0) == shown
