@@ -54,6 +54,9 @@ DETAIL_MAX_POSITIONS = 40
 #: Positions the detail view shows by default: the end of the question + the template tokens.
 DEFAULT_DETAIL_WIDTH = 12
 
+#: Most pixels of the detail view's title and subtitle (wider than any narrow plot).
+DETAIL_TITLE_LIMIT = 900
+
 TEMPLATE_COLOR = "#7b2ff7"  # template ("dummy") tokens: box and axis labels (purple)
 #: The detail range, boxed in the overview: black dashes over a white line (a "marquee"),
 #: so that purple means only "template token" and the box shows on dark and light cells.
@@ -63,12 +66,14 @@ PROB_FLOOR = 1e-5  # target probabilities are drawn on a log scale from here to 
 #: Ranks shown to users are 1-based (1 = the top-1 token); ``LensResult.target_rank`` (the
 #: data and exports) stays 0-based. Every label of a displayed rank says which it is.
 RANK_CONVENTION = "1 = top"
-#: d3-format of probabilities in tooltips: 3 significant digits, so that 6.2e-6 does not
-#: read "0.0000" (d3 writes it 0.0000062; below 1e-6 in exponent notation).
-PROB_FORMAT = ".3~g"
-#: printf-format of probabilities in tables (``st.column_config.NumberColumn``): the same
-#: 3 significant digits.
-PROB_PRINTF = "%.3g"
+#: Probabilities are shown with 3 significant digits in exponent notation everywhere
+#: ("9.98e-1", "6.12e-6", "4.17e-7"): 6.2e-6 does not read "0.000", and one column (or one
+#: tooltip field) keeps one style. The "g" formats switched style inside a column (QA: the
+#: browser writes %.3g / .3~g as 0.00000612 above 1e-6 and 4.17e-7 below).
+#: d3-format of probabilities in tooltips.
+PROB_FORMAT = ".2e"
+#: printf-format of probabilities in tables (``st.column_config.NumberColumn``, sprintf-js).
+PROB_PRINTF = "%.2e"
 
 
 def display_rank(rank: Any) -> np.ndarray:
@@ -77,8 +82,12 @@ def display_rank(rank: Any) -> np.ndarray:
 
 
 def format_prob(p: float) -> str:
-    """A probability with 3 significant digits: "0.998", "0.0123", "6.2e-06"."""
-    return f"{float(p):.3g}"
+    """A probability as :data:`PROB_FORMAT` writes it: "9.98e-1", "1.23e-2", "6.20e-6"."""
+    p = float(p)
+    if not math.isfinite(p):
+        return str(p)
+    mantissa, exponent = f"{p:.2e}".split("e")
+    return f"{mantissa}e{int(exponent):+d}"
 
 
 @dataclass(frozen=True)
@@ -289,7 +298,7 @@ def _template_runs(result: LensResult, pos: np.ndarray) -> list[tuple[int, int]]
     return runs
 
 
-def _chart_title(text: str, subtitle: str) -> alt.TitleParams:
+def _chart_title(text: str, subtitle: str, **kwargs: Any) -> alt.TitleParams:
     """The heatmaps' title: left-aligned, grey subtitle."""
     return alt.TitleParams(
         text=text,
@@ -298,6 +307,7 @@ def _chart_title(text: str, subtitle: str) -> alt.TitleParams:
         fontSize=14,
         subtitleFontSize=11,
         subtitleColor="#555",
+        **kwargs,
     )
 
 
@@ -320,6 +330,8 @@ def _cell_text(base: alt.Chart, x: Any, y: Any, tooltip: list[Any], **mark: Any)
 def _title(result: LensResult, metric: Metric, pos: np.ndarray, detail: bool) -> alt.TitleParams:
     what = "Logit lens" if not detail else "Logit lens, top-1 token per cell"
     span = f"positions {int(pos[0])}\u2013{int(pos[-1])}" if pos.size else "no positions"
+    if pos.size == 1:
+        span = f"position {int(pos[0])}"
     model = result.model_name or "model"
     name = metric.label
     if metric.needs_target and result.target is not None:
@@ -328,6 +340,9 @@ def _title(result: LensResult, metric: Metric, pos: np.ndarray, detail: bool) ->
         f"{what}: {name}",
         f"{model} \u00b7 {span} of {result.n_positions} \u00b7 "
         f"{result.n_rows} read-outs (emb \u2192 out)",
+        # Streamlit cuts a title without a limit to its guess of the chart's width, which is
+        # too small for a narrow detail range (the chart is only as wide as its plot).
+        **({"limit": DETAIL_TITLE_LIMIT} if detail else {}),
     )
 
 
@@ -370,7 +385,10 @@ def lens_heatmap(
         cell_height = 18 if labels else max(5, min(12, 260 // max(r, 1)))
     if cell_width is None:
         cell_width = 62 if labels else max(4, min(28, 1100 // max(pos.size, 1)))
-    width = max(cell_width * pos.size, 120)
+    # Detail: the plot is exactly ``cell_width`` per position, the axes, legend and title are
+    # drawn around it (autosize "pad" below), so a narrow range keeps readable cells. The
+    # overview is stretched to the container (fit-x), so its width is only a starting size.
+    width = cell_width * pos.size if labels else max(cell_width * pos.size, 120)
     height = cell_height * r
 
     lo, hi = spec.domain(result.vocab_size)
@@ -430,11 +448,19 @@ def lens_heatmap(
         alt.Tooltip("value:Q", title=spec.label, format=value_fmt),
     ]
     if labels:
-        tooltip.append(alt.Tooltip("entropy:Q", title="entropy (nats)", format=".3f"))
-        tooltip.append(alt.Tooltip("kl_to_final:Q", title="KL(out || layer) (nats)", format=".3f"))
+        # the coloured metric is already the "value" line: list each other quantity once
+        if spec.key != "entropy":
+            tooltip.append(alt.Tooltip("entropy:Q", title="entropy (nats)", format=".3f"))
+        if spec.key != "kl_to_final":
+            tooltip.append(
+                alt.Tooltip("kl_to_final:Q", title="KL(out || layer) (nats)", format=".3f")
+            )
         if result.target_prob is not None:
             target = format_token(str(result.target), 16)
-            tooltip.append(alt.Tooltip("target_prob:Q", title=f"p({target})", format=PROB_FORMAT))
+            if spec.key != "target_prob":
+                tooltip.append(
+                    alt.Tooltip("target_prob:Q", title=f"p({target})", format=PROB_FORMAT)
+                )
             tooltip.append(alt.Tooltip("target_rank:Q", title=f"target rank ({RANK_CONVENTION})"))
         tooltip += [
             alt.Tooltip(f"top{j + 1}_text:N", title=f"top {j + 1}") for j in range(result.top_k)
@@ -486,13 +512,21 @@ def lens_heatmap(
             )
         )
 
+    # Streamlit's default autosize "fit" squeezes titles and axes into `height`: set one.
+    # Overview: "fit-x", the whole chart follows the container's width (width="stretch"),
+    # the plot keeps its `height`. Detail: "pad", the plot is `width` x `height` and the
+    # axes, legend and title are added around it (QA: with "fit-x" they had to fit inside
+    # `width`, and a range of <= 6 positions left a plot a few pixels wide).
+    autosize = (
+        alt.AutoSizeParams(type="pad")
+        if labels
+        else alt.AutoSizeParams(type="fit-x", contains="padding")
+    )
     chart = alt.layer(*layers).properties(
         width=width,
         height=height,
         title=_title(result, spec, pos, labels),
-        # Streamlit's default autosize "fit" squeezes titles and axes into `height`; keep the
-        # plot `height` tall (only the width may follow the container).
-        autosize=alt.AutoSizeParams(type="fit-x", contains="padding"),
+        autosize=autosize,
     )
     return _configure(chart)
 
@@ -508,22 +542,25 @@ def _configure(chart: Any) -> Any:
 
 
 def position_table(result: LensResult, position: int) -> pd.DataFrame:
-    """Per-layer table at one position: top-k tokens with probabilities, entropy, KL, target.
+    """Per-layer table at one position: top-k tokens with probabilities, target, entropy, KL.
 
-    Rows run from ``out`` (top) down to ``emb``, like the heatmaps.
+    Rows run from ``out`` (top) down to ``emb``, like the heatmaps. The tokens come first
+    (``layer, top 1, p1, top 2, p2, ...``), then the target's probability and rank, entropy
+    and KL: in the app's narrow column the top-k tokens are visible without scrolling (QA:
+    behind five numeric columns they were not); the numbers are also on the charts.
     """
     p = int(position)
     if not 0 <= p < result.n_positions:
         raise ValueError(f"position must lie in [0, {result.n_positions}), got {p}")
     data: dict[str, Any] = {"layer": [str(x) for x in result.layer_names]}
-    data["entropy (nats)"] = result.entropy[:, p].astype(float)
-    data["KL(out || layer) (nats)"] = result.kl_to_final[:, p].astype(float)
-    if result.target_prob is not None:
-        data[f"p({format_token(str(result.target), 0)})"] = result.target_prob[:, p].astype(float)
-        data[f"target rank ({RANK_CONVENTION})"] = display_rank(result.target_rank[:, p])
     for j in range(result.top_k):
         data[f"top {j + 1}"] = [format_token(str(s), 24) for s in result.top_tokens[:, p, j]]
         data[f"p{j + 1}"] = result.top_probs[:, p, j].astype(float)
+    if result.target_prob is not None:
+        data[f"p({format_token(str(result.target), 0)})"] = result.target_prob[:, p].astype(float)
+        data[f"target rank ({RANK_CONVENTION})"] = display_rank(result.target_rank[:, p])
+    data["entropy (nats)"] = result.entropy[:, p].astype(float)
+    data["KL(out || layer) (nats)"] = result.kl_to_final[:, p].astype(float)
     return pd.DataFrame(data).iloc[::-1].reset_index(drop=True)
 
 

@@ -169,7 +169,8 @@ def test_drilldown_table_rank_and_probabilities(app: AppTest) -> None:
     columns = json.loads(app.dataframe[0].proto.columns)
     formats = {name: c.get("type_config", {}).get("format") for name, c in columns.items()}
     target_col = next(c for c in table.columns if c.startswith("p("))
-    assert formats[target_col] == formats["p1"] == "%.3g"
+    # charts.PROB_PRINTF: exponent notation, one style per column (%.3g mixed 0.00000612, 4.17e-7)
+    assert formats[target_col] == formats["p1"] == "%.2e"
     assert formats["entropy (nats)"] == "%.3f"
     drill = charts_of(app)["drill_chart"]
     assert "1 = top" in drill["vconcat"][1]["encoding"]["y"]["title"]

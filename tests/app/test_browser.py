@@ -206,6 +206,79 @@ def test_app_in_chromium(chromium: str, app_url: str, tmp_path: Path) -> None:
             browser.close()
 
 
+DETAIL = ".st-key-detail_chart [data-testid='stVegaLiteChart']"
+
+
+def plot_run_width(png: bytes) -> int:
+    """Widest horizontal run of non-background pixels in a chart screenshot: the heatmap's
+    row of cells (the white 0.5 px cell borders are bridged; text, with its letter gaps,
+    is not)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    ink = (pixels.min(axis=2) < 250).astype(np.int8)  # the background is white
+    best = 0
+    for row in ink:
+        run = gap = 0
+        for value in row:
+            if value:
+                run, gap = run + 1 + gap, 0
+            elif run and gap < 2:
+                gap += 1
+            else:
+                run = gap = 0
+            best = max(best, run)
+    return best
+
+
+def set_detail_range_width(page, n: int) -> None:
+    """Narrow the detail slider to its last ``n`` positions with the keyboard: the lower thumb
+    steps towards the upper one, one key (and one rerun) at a time."""
+    start, end = page.locator("[data-testid='stSlider'] input[type='range']").all()[:2]
+    for _ in range(60):
+        want = int(end.input_value()) - (n - 1)
+        have = int(start.input_value())
+        if have == want:
+            break
+        start.focus()
+        start.press("ArrowRight" if have < want else "ArrowLeft")
+        page.wait_for_timeout(300)  # the slider sends its value after a short debounce
+        wait_idle(page)
+    else:
+        raise AssertionError(f"could not set the detail range to {n} positions")
+    page.wait_for_timeout(500)
+    wait_idle(page)
+
+
+def test_detail_narrow_range_in_chromium(chromium: str, app_url: str, tmp_path: Path) -> None:
+    """QA: a detail range of <= 6 positions (the chat-template tokens) collapsed to a strip a
+    few pixels wide; the cells keep their 62 px whatever the range."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 1100})
+            page.goto(app_url)
+            page.wait_for_selector(f"{DETAIL} canvas, {DETAIL} svg.marks", timeout=120_000)
+            wait_idle(page)
+            for n in (2, 6):
+                set_detail_range_width(page, n)
+                title = page.locator(DETAIL).first
+                title.scroll_into_view_if_needed()
+                page.wait_for_timeout(500)
+                marks = page.locator(f"{DETAIL} canvas, {DETAIL} svg.marks").first
+                png = marks.screenshot(path=str(tmp_path / f"detail_{n}.png"))
+                width = plot_run_width(png)
+                assert width >= 62 * n - 4, f"{n} positions: cells {width}px wide in all"
+                assert page.locator("[data-testid='stException']").count() == 0
+        finally:
+            browser.close()
+
+
 @pytest.mark.slow
 def test_readme_screenshot(tmp_path: Path) -> None:
     """Regenerate docs/app.png on the real default model (opt-in: LENSKIT_README_SCREENSHOT=1).
