@@ -367,9 +367,9 @@ def _explain(source: str, what: str, exc: BaseException, gguf_file: str | None =
 #: share of time each took converting the default model (2 CPU cores: config ~20%, weights
 #: ~60%, tokenizer ~15%, then the cache write).
 _GGUF_STAGES = {
-    "config": (0.0, "reading the file's metadata"),
-    "model": (0.2, "de-quantising the weights"),
-    "tokenizer": (0.75, "building the tokenizer"),
+    "config": (0.0, "Reading the metadata of"),
+    "model": (0.2, "De-quantising the weights of"),
+    "tokenizer": (0.75, "Building the tokenizer of"),
 }
 
 
@@ -388,7 +388,8 @@ def _gguf_to_cache(
 
     def on_stage(name: str) -> None:
         fraction, doing = _GGUF_STAGES[name]
-        _report(progress, fraction, f"Converting {path.name} (first load only): {doing}")
+        # the stage first: the CLI's bar shows only the first 60 characters
+        _report(progress, fraction, f"{doing} {path.name} (first load only)")
 
     gguf_model, tokenizer = _load_hf(
         str(path.parent),
