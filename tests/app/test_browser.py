@@ -237,7 +237,9 @@ def plot_run_width(png: bytes) -> int:
 def set_detail_range_width(page, n: int) -> None:
     """Narrow the detail slider to its last ``n`` positions with the keyboard: the lower thumb
     steps towards the upper one, one key (and one rerun) at a time."""
-    start, end = page.locator("[data-testid='stSlider'] input[type='range']").all()[:2]
+    thumbs = page.locator("[data-testid='stSlider'] input[type='range']")
+    thumbs.nth(1).wait_for(state="attached", timeout=60_000)
+    start, end = thumbs.nth(0), thumbs.nth(1)
     for _ in range(60):
         want = int(end.input_value()) - (n - 1)
         have = int(start.input_value())
