@@ -14,6 +14,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -113,6 +114,23 @@ def wait_idle(page, timeout: float = 90_000) -> None:
     page.wait_for_selector(IDLE, timeout=timeout)
 
 
+@contextmanager
+def app_page(chromium: str, url: str, chart: str) -> Iterator:
+    """A Chromium page on the app after its first run (``chart``'s marks drawn, idle)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 1100})
+            page.goto(url)
+            page.wait_for_selector(f"{chart} canvas, {chart} svg.marks", timeout=120_000)
+            wait_idle(page)
+            yield page
+        finally:
+            browser.close()
+
+
 @pytest.fixture
 def chromium() -> str:
     """Path of the Chromium binary; skips (fails under CI=true) when there is none."""
@@ -127,83 +145,73 @@ def chromium() -> str:
 
 
 def test_app_in_chromium(chromium: str, app_url: str, tmp_path: Path) -> None:
-    from playwright.sync_api import sync_playwright
+    with app_page(chromium, app_url, CHART) as page:
+        # first open: the example prompt ran by itself and the heatmaps appeared
+        assert page.locator("[data-testid='stException']").count() == 0
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1500, "height": 1100})
-            page.goto(app_url)
-            # first open: the example prompt runs by itself and the heatmaps appear
-            page.wait_for_selector(f"{CHART} canvas, {CHART} svg.marks", timeout=120_000)
-            wait_idle(page)
-            assert page.locator("[data-testid='stException']").count() == 0
+        # type a prompt and submit the sidebar form
+        prompt = "What is the capital of France?"
+        page.get_by_role("textbox", name="Prompt", exact=True).fill(prompt)
+        page.get_by_role("textbox", name="Target token (optional)").fill(" Paris")
+        page.get_by_role("button", name="Run logit lens").click()
+        page.locator("[data-testid='stCode']").filter(has_text=prompt).first.wait_for(
+            timeout=90_000
+        )
+        wait_idle(page)
+        charts = page.locator(CHART)
+        assert charts.count() >= 3
+        assert page.locator(f"{CHART} canvas, {CHART} svg.marks").count() >= 3
+        assert page.locator("[data-testid='stException']").count() == 0
+        page.screenshot(path=str(tmp_path / "after_submit.png"), full_page=True)
 
-            # type a prompt and submit the sidebar form
-            prompt = "What is the capital of France?"
-            page.get_by_role("textbox", name="Prompt", exact=True).fill(prompt)
-            page.get_by_role("textbox", name="Target token (optional)").fill(" Paris")
-            page.get_by_role("button", name="Run logit lens").click()
-            page.locator("[data-testid='stCode']").filter(has_text=prompt).first.wait_for(
-                timeout=90_000
-            )
-            wait_idle(page)
-            charts = page.locator(CHART)
-            assert charts.count() >= 3
-            assert page.locator(f"{CHART} canvas, {CHART} svg.marks").count() >= 3
-            assert page.locator("[data-testid='stException']").count() == 0
-            page.screenshot(path=str(tmp_path / "after_submit.png"), full_page=True)
+        # brush across the left part of the overview: the detail range follows
+        slider = page.locator("[data-testid='stSlider']").first
+        before = slider.inner_text()
+        overview = charts.first.locator("canvas, svg.marks").first
+        box = overview.bounding_box()
+        assert box is not None
+        y = box["y"] + box["height"] * 0.45
+        page.mouse.move(box["x"] + box["width"] * 0.12, y)
+        page.mouse.down()
+        page.mouse.move(box["x"] + box["width"] * 0.25, y, steps=8)
+        page.mouse.up()
+        deadline = time.monotonic() + 60
+        while slider.inner_text() == before and time.monotonic() < deadline:
+            page.wait_for_timeout(250)
+        wait_idle(page)
+        assert slider.inner_text() != before, "brushing the overview did not move the range"
+        assert page.locator("[data-testid='stException']").count() == 0
+        page.screenshot(path=str(tmp_path / "after_brush.png"), full_page=True)
 
-            # brush across the left part of the overview: the detail range follows
-            slider = page.locator("[data-testid='stSlider']").first
-            before = slider.inner_text()
-            overview = charts.first.locator("canvas, svg.marks").first
-            box = overview.bounding_box()
-            assert box is not None
-            y = box["y"] + box["height"] * 0.45
-            page.mouse.move(box["x"] + box["width"] * 0.12, y)
-            page.mouse.down()
-            page.mouse.move(box["x"] + box["width"] * 0.25, y, steps=8)
-            page.mouse.up()
-            deadline = time.monotonic() + 60
-            while slider.inner_text() == before and time.monotonic() < deadline:
-                page.wait_for_timeout(250)
-            wait_idle(page)
-            assert slider.inner_text() != before, "brushing the overview did not move the range"
-            assert page.locator("[data-testid='stException']").count() == 0
-            page.screenshot(path=str(tmp_path / "after_brush.png"), full_page=True)
+        # click a cell of the detail view: the drill-down moves to that position
+        drill = page.get_by_role("combobox", name="Position", exact=True)
+        before = drill.input_value()
+        detail = charts.nth(1).locator("canvas, svg.marks").first
+        box = detail.bounding_box()
+        assert box is not None
+        # the plot starts after the y-axis labels: aim at the middle of the plot area
+        page.mouse.click(box["x"] + box["width"] * 0.35, box["y"] + box["height"] * 0.5)
+        deadline = time.monotonic() + 60
+        while drill.input_value() == before and time.monotonic() < deadline:
+            page.wait_for_timeout(250)
+        wait_idle(page)
+        assert drill.input_value() != before, "clicking a detail cell did not drill down"
+        assert page.locator("[data-testid='stException']").count() == 0
 
-            # click a cell of the detail view: the drill-down moves to that position
-            drill = page.get_by_role("combobox", name="Position", exact=True)
-            before = drill.input_value()
-            detail = charts.nth(1).locator("canvas, svg.marks").first
-            box = detail.bounding_box()
-            assert box is not None
-            # the plot starts after the y-axis labels: aim at the middle of the plot area
-            page.mouse.click(box["x"] + box["width"] * 0.35, box["y"] + box["height"] * 0.5)
-            deadline = time.monotonic() + 60
-            while drill.input_value() == before and time.monotonic() < deadline:
-                page.wait_for_timeout(250)
-            wait_idle(page)
-            assert drill.input_value() != before, "clicking a detail cell did not drill down"
-            assert page.locator("[data-testid='stException']").count() == 0
+        # at a 1280 px window the drill-down chart (two stacked panels) fits its narrow
+        # column: nothing is cut off (side by side, the rank panel was)
+        page.set_viewport_size({"width": 1280, "height": 1000})
+        page.wait_for_timeout(1500)
+        overflow = page.evaluate(DRILL_OVERFLOW_JS)
+        assert overflow is not None, "no drill-down chart in a column"
+        assert overflow <= 1, f"the drill-down chart sticks out of its column by {overflow}px"
+        page.screenshot(path=str(tmp_path / "drill_1280.png"), full_page=True)
 
-            # at a 1280 px window the drill-down chart (two stacked panels) fits its narrow
-            # column: nothing is cut off (side by side, the rank panel was)
-            page.set_viewport_size({"width": 1280, "height": 1000})
-            page.wait_for_timeout(1500)
-            overflow = page.evaluate(DRILL_OVERFLOW_JS)
-            assert overflow is not None, "no drill-down chart in a column"
-            assert overflow <= 1, f"the drill-down chart sticks out of its column by {overflow}px"
-            page.screenshot(path=str(tmp_path / "drill_1280.png"), full_page=True)
-
-            # an out-of-range number is explained, not silently refused by the browser
-            page.get_by_role("spinbutton", name="Top-k tokens per cell").fill("100")
-            page.get_by_role("button", name="Run logit lens").click()
-            page.get_by_text("Top-k must be between 1 and 50").first.wait_for(timeout=30_000)
-            wait_idle(page)
-        finally:
-            browser.close()
+        # an out-of-range number is explained, not silently refused by the browser
+        page.get_by_role("spinbutton", name="Top-k tokens per cell").fill("100")
+        page.get_by_role("button", name="Run logit lens").click()
+        page.get_by_text("Top-k must be between 1 and 50").first.wait_for(timeout=30_000)
+        wait_idle(page)
 
 
 DETAIL = ".st-key-detail_chart [data-testid='stVegaLiteChart']"
@@ -258,27 +266,17 @@ def set_detail_range_width(page, n: int) -> None:
 def test_detail_narrow_range_in_chromium(chromium: str, app_url: str, tmp_path: Path) -> None:
     """QA: a detail range of <= 6 positions (the chat-template tokens) collapsed to a strip a
     few pixels wide; the cells keep their 62 px whatever the range."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1500, "height": 1100})
-            page.goto(app_url)
-            page.wait_for_selector(f"{DETAIL} canvas, {DETAIL} svg.marks", timeout=120_000)
-            wait_idle(page)
-            for n in (2, 6):
-                set_detail_range_width(page, n)
-                title = page.locator(DETAIL).first
-                title.scroll_into_view_if_needed()
-                page.wait_for_timeout(500)
-                marks = page.locator(f"{DETAIL} canvas, {DETAIL} svg.marks").first
-                png = marks.screenshot(path=str(tmp_path / f"detail_{n}.png"))
-                width = plot_run_width(png)
-                assert width >= 62 * n - 4, f"{n} positions: cells {width}px wide in all"
-                assert page.locator("[data-testid='stException']").count() == 0
-        finally:
-            browser.close()
+    with app_page(chromium, app_url, DETAIL) as page:
+        for n in (2, 6):
+            set_detail_range_width(page, n)
+            title = page.locator(DETAIL).first
+            title.scroll_into_view_if_needed()
+            page.wait_for_timeout(500)
+            marks = page.locator(f"{DETAIL} canvas, {DETAIL} svg.marks").first
+            png = marks.screenshot(path=str(tmp_path / f"detail_{n}.png"))
+            width = plot_run_width(png)
+            assert width >= 62 * n - 4, f"{n} positions: cells {width}px wide in all"
+            assert page.locator("[data-testid='stException']").count() == 0
 
 
 @pytest.mark.slow
