@@ -404,3 +404,50 @@ def test_gguf_conversion_progress(tmp_path, tok, monkeypatch):
     assert len({f for f, _ in stages}) == 3, seen
     for (_, shown), word in zip(stages, ("metadata", "de-quantising", "tokenizer"), strict=True):
         assert word in shown, stages
+
+
+def test_gguf_parsed_once(monkeypatch):
+    """During a conversion, every GGUFReader of one file is the same (parsed once, not four
+    times) and the tensor-name map is built once per (arch, blocks); both are restored."""
+    import gguf
+
+    made: list[tuple[str, str]] = []
+    maps: list[tuple[int, int]] = []
+
+    class Reader:
+        def __init__(self, path, mode="r"):
+            made.append((str(path), mode))
+
+    def name_map(arch, n_blocks):
+        maps.append((arch, n_blocks))
+        return object()
+
+    monkeypatch.setattr(gguf, "GGUFReader", Reader)
+    monkeypatch.setattr(gguf, "get_tensor_name_map", name_map)
+    with models._gguf_parsed_once():
+        # transformers imports both from gguf at call time, as here
+        from gguf import GGUFReader, get_tensor_name_map
+
+        first = GGUFReader("/models/m.gguf")
+        assert GGUFReader("/models/m.gguf") is first and len(made) == 1
+        assert GGUFReader("/models/other.gguf") is not first
+        GGUFReader("/models/m.gguf", "r+")  # a writable map is never shared
+        assert len(made) == 3
+        assert get_tensor_name_map(1, 30) is get_tensor_name_map(1, 30)
+        assert get_tensor_name_map(1, 31) is not get_tensor_name_map(1, 30)
+        assert maps == [(1, 30), (1, 31)]
+    assert gguf.GGUFReader is Reader and gguf.get_tensor_name_map is name_map
+    Reader("/models/m.gguf")
+    assert len(made) == 4
+
+
+def test_transformers_reads_gguf_through_the_module():
+    """_gguf_parsed_once relies on transformers looking GGUFReader and get_tensor_name_map up
+    on the gguf module when it loads a file (a `from gguf import ...` inside the function)."""
+    import inspect
+
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    assert not hasattr(gguf_utils, "GGUFReader") and not hasattr(gguf_utils, "get_tensor_name_map")
+    assert "from gguf import GGUFReader" in inspect.getsource(gguf_utils.load_gguf_checkpoint)
+    assert "get_tensor_name_map" in inspect.getsource(gguf_utils.get_gguf_hf_weights_map)
