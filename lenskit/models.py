@@ -22,6 +22,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
 import warnings
@@ -322,6 +323,11 @@ def _gguf_bar_follows_hf(gguf: bool) -> Iterator[None]:
         module.tqdm = original
 
 
+#: One GGUF conversion at a time per process: _gguf_parsed_once swaps module attributes, and
+#: two threads interleaving the swap and the restore could leave a patched one behind.
+_GGUF_CONVERSION_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def _gguf_parsed_once() -> Iterator[None]:
     """During one GGUF conversion, parse the file once and build gguf's tensor-name map once.
@@ -337,29 +343,32 @@ def _gguf_parsed_once() -> Iterator[None]:
     except ImportError:
         yield
         return
-    reader_class = getattr(gguf, "GGUFReader", None)
-    name_map = getattr(gguf, "get_tensor_name_map", None)
-    if reader_class is None or name_map is None:
-        yield
-        return
-    readers: dict[tuple[str, str], Any] = {}
+    # The originals are read under the lock: a second conversion in another thread waits
+    # (it would not run faster alongside on the same cores) instead of saving our swap.
+    with _GGUF_CONVERSION_LOCK:
+        reader_class = getattr(gguf, "GGUFReader", None)
+        name_map = getattr(gguf, "get_tensor_name_map", None)
+        if reader_class is None or name_map is None:
+            yield
+            return
+        readers: dict[tuple[str, str], Any] = {}
 
-    def shared_reader(path: Any, mode: str = "r") -> Any:
-        if mode != "r":  # writable maps are never shared
-            return reader_class(path, mode)
-        key = (os.path.realpath(os.fspath(path)), mode)
-        if key not in readers:
-            readers[key] = reader_class(path, mode)
-        return readers[key]
+        def shared_reader(path: Any, mode: str = "r") -> Any:
+            if mode != "r":  # writable maps are never shared
+                return reader_class(path, mode)
+            key = (os.path.realpath(os.fspath(path)), mode)
+            if key not in readers:
+                readers[key] = reader_class(path, mode)
+            return readers[key]
 
-    gguf.GGUFReader = shared_reader
-    gguf.get_tensor_name_map = functools.cache(name_map)
-    try:
-        yield
-    finally:
-        gguf.GGUFReader = reader_class
-        gguf.get_tensor_name_map = name_map
-        readers.clear()
+        gguf.GGUFReader = shared_reader
+        gguf.get_tensor_name_map = functools.cache(name_map)
+        try:
+            yield
+        finally:
+            gguf.GGUFReader = reader_class
+            gguf.get_tensor_name_map = name_map
+            readers.clear()
 
 
 def _causal_lm_class_names() -> set[str]:

@@ -451,3 +451,47 @@ def test_transformers_reads_gguf_through_the_module():
     assert not hasattr(gguf_utils, "GGUFReader") and not hasattr(gguf_utils, "get_tensor_name_map")
     assert "from gguf import GGUFReader" in inspect.getsource(gguf_utils.load_gguf_checkpoint)
     assert "get_tensor_name_map" in inspect.getsource(gguf_utils.get_gguf_hf_weights_map)
+
+
+def test_gguf_parsed_once_across_threads(monkeypatch):
+    """Two conversions in two threads (two app sessions) take turns, and the gguf module
+    ends with its own functions again, not one thread's cached stand-ins."""
+    import threading
+
+    import gguf
+
+    class Reader:
+        def __init__(self, path, mode="r"):
+            pass
+
+    def name_map(arch, n_blocks):
+        return object()
+
+    monkeypatch.setattr(gguf, "GGUFReader", Reader)
+    monkeypatch.setattr(gguf, "get_tensor_name_map", name_map)
+    inside, release, order = threading.Event(), threading.Event(), []
+
+    def first():
+        with models._gguf_parsed_once():
+            order.append("first in")
+            inside.set()
+            release.wait(10)
+            order.append("first out")
+
+    def second():
+        inside.wait(10)
+        with models._gguf_parsed_once():
+            order.append("second in")
+            assert gguf.GGUFReader is not Reader
+
+    a, b = threading.Thread(target=first), threading.Thread(target=second)
+    a.start()
+    b.start()
+    inside.wait(10)
+    b.join(0.3)
+    assert b.is_alive() and order == ["first in"]  # the second waits for the first
+    release.set()
+    a.join(10)
+    b.join(10)
+    assert order == ["first in", "first out", "second in"]
+    assert gguf.GGUFReader is Reader and gguf.get_tensor_name_map is name_map
