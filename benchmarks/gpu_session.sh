@@ -40,11 +40,11 @@ assert lenskit.backend("cuda") == "cuda", lenskit.extension_error()
 print("backend cuda on", torch.cuda.get_device_name())
 EOF
 
-step "tests (the CUDA kernels; their CPU emulation runs in CI)"
+step "tests (the CUDA kernels, whose CPU emulation runs in CI; the engine on the GPU against the CPU)"
 xdist=()
 "$PY" -c "import xdist" 2>/dev/null && xdist=(-n 4)  # CPU-side work (imports, oracles) in parallel
 timeout 200 "$PY" -m pytest -q -p no:cacheprovider --maxfail=40 ${xdist[@]+"${xdist[@]}"} \
-  tests/test_ops_cuda.py >"$OUT/tests.log" 2>&1
+  tests/test_ops_cuda.py tests/test_engine_cuda.py >"$OUT/tests.log" 2>&1
 echo "pytest exit $?"
 grep -E "^(FAILED|ERROR)" "$OUT/tests.log" | head -20
 tail -3 "$OUT/tests.log"

@@ -210,18 +210,6 @@ def test_bfloat16_model(tok):
     np.testing.assert_allclose(res.entropy, ref.entropy, atol=0.15)
 
 
-@pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_matches_cpu(tok):
-    cpu_model = make_tiny_model("gemma2", len(tok))
-    gpu_model = make_tiny_model("gemma2", len(tok)).cuda()
-    a = lenskit.run_lens(cpu_model, tok, PROMPT, target=" Canberra")
-    b = lenskit.run_lens(gpu_model, tok, PROMPT, target=" Canberra")
-    np.testing.assert_allclose(a.entropy, b.entropy, atol=1e-4)
-    np.testing.assert_allclose(a.kl_to_final, b.kl_to_final, atol=1e-4)
-    np.testing.assert_array_equal(a.top_ids, b.top_ids)
-
-
 def test_display_tokens_are_formatted(llama, tok):
     """display_tokens (and the frame's display_token column) are the readable spellings."""
     from lenskit.tokens import format_token
