@@ -86,6 +86,15 @@ def test_sweep_matches_cpu(llama_pair, tok, intervention, strategy):
     np.testing.assert_array_equal(a.top_ids_intervened, b.top_ids_intervened)
 
 
+def test_sweep_without_positions_on_gpu(llama_pair, tok):
+    """An empty position list: the clean run only (its own code path), KL 0 everywhere."""
+    a, b = (intervention_sweep(m, tok, PROMPT, max_new_tokens=3, positions=[]) for m in llama_pair)
+    np.testing.assert_array_equal(b.generated_ids, a.generated_ids)
+    assert not b.kl.any()
+    np.testing.assert_allclose(b.generated_prob_intervened, a.generated_prob_intervened, atol=ATOL)
+    np.testing.assert_allclose(b.generated_prob_clean, a.generated_prob_clean, atol=ATOL)
+
+
 def test_generation_lens_and_layer_kl_match_cpu(llama_pair, tok):
     cpu, gpu = llama_pair
     (a, na), (b, nb) = (lens_on_generation(m, tok, PROMPT, max_new_tokens=4) for m in llama_pair)
