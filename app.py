@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import streamlit as st
+import torch
 
 from lenskit import charts
 from lenskit.interventions import (
@@ -75,9 +76,19 @@ FORM_DEFAULTS: dict[str, Any] = {
 # --------------------------------------------------------------------------------------------
 
 
-def _default_model_key() -> str:
-    """What "default" means right now (LENSKIT_DEFAULT_MODEL may point elsewhere)."""
-    return os.environ.get("LENSKIT_DEFAULT_MODEL", "").strip()
+def app_device() -> str:
+    """The device the app runs models on: ``LENSKIT_DEVICE`` when set (cpu, cuda, cuda:N, mps,
+    auto; see :func:`lenskit.load_model`), else the GPU when torch sees one, else the CPU."""
+    device = os.environ.get("LENSKIT_DEVICE", "").strip()
+    if device:
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _load_key() -> tuple[str, str]:
+    """Part of every cache key: what "default" means right now (LENSKIT_DEFAULT_MODEL may
+    point elsewhere) and the device (:func:`app_device`)."""
+    return os.environ.get("LENSKIT_DEFAULT_MODEL", "").strip(), app_device()
 
 
 def _clamp01(x: float) -> float:
@@ -90,17 +101,16 @@ def _bar_callback(bar: Any) -> Callable[[float, str], None]:
 
 
 @st.cache_resource(max_entries=1, show_spinner=False)
-def get_model(spec: str, default_key: str = "") -> tuple[Any, Any]:
-    """``load_model(spec)``, cached process-wide, one model at a time.
-
-    ``default_key`` is only part of the cache key: "default" names another model when
-    ``LENSKIT_DEFAULT_MODEL`` changes.
+def get_model(spec: str, load_key: tuple[str, str] = ("", "cpu")) -> tuple[Any, Any]:
+    """``load_model(spec)`` on the device ``load_key[1]``, cached process-wide, one model at a
+    time. ``load_key`` (:func:`_load_key`) is part of the cache key: "default" names another
+    model when ``LENSKIT_DEFAULT_MODEL`` changes.
     """
     # Elements made inside a cached function are replayed on cache hits, so the progress bar
     # is created (and removed) in here, never updated from outside.
     bar = st.progress(0.0, text="Loading the model\u2026")
     try:
-        return load_model(spec, progress=_bar_callback(bar))
+        return load_model(spec, device=load_key[1], progress=_bar_callback(bar))
     finally:
         bar.empty()
 
@@ -108,7 +118,7 @@ def get_model(spec: str, default_key: str = "") -> tuple[Any, Any]:
 @st.cache_data(max_entries=32, show_spinner=False)
 def lens_json(
     spec: str,
-    default_key: str,
+    load_key: tuple[str, str],
     prompt: str,
     chat: bool,
     system: str | None,
@@ -116,7 +126,7 @@ def lens_json(
     target: str | None,
 ) -> str:
     """Run the logit lens; the result is cached as JSON text (hashable and pickle-safe)."""
-    model, tokenizer = get_model(spec, default_key)
+    model, tokenizer = get_model(spec, load_key)
     bar = st.progress(0.0, text="Reading out every layer\u2026")
     try:
         result = run_lens(
@@ -248,6 +258,10 @@ def sidebar() -> tuple[LensRequest, bool]:
     with st.sidebar:
         st.title("lenskit")
         st.caption("Logit lens: what every layer predicts at every position.")
+        st.caption(
+            f"Device: {_md_escape(app_device())} (set `LENSKIT_DEVICE` to choose: cpu, cuda, "
+            "cuda:N, mps)"
+        )
         st.selectbox(
             "Example prompts",
             list(EXAMPLES),
@@ -345,7 +359,7 @@ def _compute(request: LensRequest, system: str | None, status: Any) -> str | Non
     """Load the model and run the lens; errors become messages and None."""
     spec_shown = _md_escape(request.spec)
     try:
-        get_model(request.spec, _default_model_key())
+        get_model(request.spec, _load_key())
     except ModelLoadError as exc:
         _say("error", f"Could not load model {spec_shown}: {_md_escape(str(exc))}")
         return None
@@ -361,7 +375,7 @@ def _compute(request: LensRequest, system: str | None, status: Any) -> str | Non
     try:
         return lens_json(
             request.spec,
-            _default_model_key(),
+            _load_key(),
             request.prompt,
             request.chat,
             system,
@@ -573,7 +587,7 @@ GEN_METRICS = ("entropy", "kl_to_final", "top1_prob")
 @st.cache_data(max_entries=16, show_spinner=False)
 def sweep_json(
     spec: str,
-    default_key: str,
+    load_key: tuple[str, str],
     prompt: str,
     chat: bool,
     system: str | None,
@@ -584,7 +598,7 @@ def sweep_json(
     seed: int,
 ) -> str:
     """Run the intervention sweep; the result is cached as JSON text."""
-    model, tokenizer = get_model(spec, default_key)
+    model, tokenizer = get_model(spec, load_key)
     bar = st.progress(0.0, text=f"Generating, then sweeping {len(layers)} blocks\u2026")
 
     def progress(done: int, total: int) -> None:
@@ -612,7 +626,7 @@ def sweep_json(
 @st.cache_data(max_entries=16, show_spinner=False)
 def generation_lens_json(
     spec: str,
-    default_key: str,
+    load_key: tuple[str, str],
     prompt: str,
     chat: bool,
     system: str | None,
@@ -620,7 +634,7 @@ def generation_lens_json(
     top_k: int,
 ) -> tuple[str, int]:
     """Logit lens over prompt + greedy continuation: (LensResult JSON, number of prompt tokens)."""
-    model, tokenizer = get_model(spec, default_key)
+    model, tokenizer = get_model(spec, load_key)
     result, n_prompt = lens_on_generation(
         model,
         tokenizer,
@@ -636,14 +650,14 @@ def generation_lens_json(
 @st.cache_data(max_entries=32, show_spinner=False)
 def pairwise_kl_data(
     spec: str,
-    default_key: str,
+    load_key: tuple[str, str],
     prompt: str,
     chat: bool,
     system: str | None,
     position: int,
 ) -> tuple[list[str], list[list[float]]]:
     """KL between every pair of read-out rows at one prompt position (names, [R][R] nats)."""
-    model, tokenizer = get_model(spec, default_key)
+    model, tokenizer = get_model(spec, load_key)
     names, kl = layer_pairwise_kl(model, tokenizer, prompt, position, chat=chat, system=system)
     return list(names), kl.tolist()
 
@@ -847,7 +861,7 @@ def _sweep_request(lens: LensResult, lens_request: LensRequest) -> SweepRequest 
 
 def run_sweep(request: SweepRequest) -> None:
     """Run the sweep and the lens on the generated tokens; errors keep the last good sweep."""
-    key = _default_model_key()
+    key = _load_key()
     try:
         get_model(request.spec, key)
         text = sweep_json(
@@ -967,7 +981,7 @@ def _pairwise_view(lens: LensResult, lens_request: LensRequest) -> None:
     try:
         names, kl = pairwise_kl_data(
             lens_request.spec,
-            _default_model_key(),
+            _load_key(),
             lens_request.prompt,
             lens_request.chat,
             lens_request.system,

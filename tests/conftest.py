@@ -314,8 +314,10 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_default_model(
     tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Path:
-    """Make ``load_model("default")`` load the tiny model (and cache into a tmp dir)."""
+    """Make ``load_model("default")`` load the tiny model (and cache into a tmp dir); the app
+    runs it on the CPU even where there is a GPU (its results are compared with CPU runs)."""
     monkeypatch.setenv("LENSKIT_DEFAULT_MODEL", str(tiny_model_dir))
+    monkeypatch.setenv("LENSKIT_DEVICE", "cpu")
     monkeypatch.setenv("LENSKIT_CACHE_DIR", str(tmp_path / "cache"))
     return tiny_model_dir
 

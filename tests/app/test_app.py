@@ -257,6 +257,42 @@ def test_long_prompt_scrolls(tiny_default_model: Path, monkeypatch) -> None:
     assert isinstance(shown[long_prompt], int) and 60 <= shown[long_prompt] <= 300
 
 
+def _device_caption(at: AppTest) -> str:
+    return next(c.value for c in at.sidebar.caption if c.value.startswith("Device:"))
+
+
+def test_device_from_environment(tiny_default_model: Path, monkeypatch) -> None:
+    """LENSKIT_DEVICE is where the app loads models (shown in the sidebar); a bad one is a
+    message, and the next good one loads (the device is part of the model's cache key)."""
+    monkeypatch.setenv("LENSKIT_DEVICE", "meta")
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception, at.exception
+    assert "Unsupported device" in messages(at) and "meta" in messages(at)
+    assert _device_caption(at).startswith("Device: meta")
+    assert "lens_result" not in at.session_state
+    monkeypatch.setenv("LENSKIT_DEVICE", "cpu")
+    submit(at)
+    assert not at.error, messages(at)
+    assert _device_caption(at).startswith("Device: cpu")
+    assert_usable(at)
+
+
+def test_device_defaults_to_a_gpu(tiny_default_model: Path, monkeypatch) -> None:
+    """Without LENSKIT_DEVICE the app takes the GPU when torch sees one (here: pretend)."""
+    import torch
+
+    monkeypatch.delenv("LENSKIT_DEVICE")
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.run()
+    assert _device_caption(at).startswith("Device: cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception, at.exception
+    assert _device_caption(at).startswith("Device: cuda")
+
+
 def test_example_picker(app: AppTest) -> None:
     app.selectbox(key="example").set_value("Counting (raw text)").run()
     assert_usable(app)

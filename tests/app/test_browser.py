@@ -77,6 +77,7 @@ def app_url(tiny_model_dir: Path, tmp_path: Path) -> Iterator[str]:
         **os.environ,
         "LENSKIT_DEFAULT_MODEL": str(tiny_model_dir),
         "LENSKIT_CACHE_DIR": str(tmp_path / "cache"),
+        "LENSKIT_DEVICE": "cpu",
     }
     log = open(tmp_path / "streamlit.log", "wb")  # noqa: SIM115 - closed below
     cmd = [streamlit_exe(), "run", "app.py", "--server.port", str(port)]
