@@ -206,6 +206,23 @@ def test_nan_survives_a_rescale_to_zero(emulator, tmp_path, dtype):
     assert run(emulator, "kl_div", q, x, tmp=tmp_path)[0].isnan()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_entropy_extreme_logits_in_different_threads(emulator, tmp_path, dtype):
+    """-3e38 and +3e38 read by different threads: the merge's rescale factor e^-6e38
+    underflows to 0 and must drop the old sums (0 * -inf would be NaN). One-hot rows give 0,
+    two equal maxima log 2."""
+    x = torch.full((3, 8), -INF)
+    x[:, 0] = -3e38
+    x[:, 4] = 3e38
+    x[1, 5] = 3e38
+    out = run(emulator, "entropy", x.to(dtype), tmp=tmp_path)
+    assert out.isfinite().all(), out
+    check(out, torch.tensor([0.0, math.log(2), 0.0]))
+    y = torch.full((1, 4096), -INF)
+    y[0, 0], y[0, 4095] = -3e38, 3e38
+    assert run(emulator, "entropy", y.to(dtype), tmp=tmp_path)[0] == 0
+
+
 @pytest.mark.parametrize("dtype", list(DTYPES), ids=DTYPE_IDS)
 @pytest.mark.parametrize("v", [500, 5000, 70001])
 def test_kl_div_edges(emulator, tmp_path, dtype, v):

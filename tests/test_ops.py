@@ -287,11 +287,33 @@ def test_kl_prefetch_variants(monkeypatch, isa, dtypes):
         assert float(outs["1"][10]) == 0.0
 
 
+@pytest.mark.skipif(not HAVE_EXT or FORCED_TORCH, reason="extension not built")
+@pytest.mark.parametrize("isa", ["avx512", "avx2"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("v", [1024 + 48, 2048 + 24])
+def test_kl_p_masked_last_block(monkeypatch, isa, dtype, v):
+    """p all -inf in the last (short) block while q is live there: the careful code's p-masked
+    branch still sums q over every vector (the 24 / 48 element tails take its one-vector
+    loop on both ISAs)."""
+    monkeypatch.setenv("LENSKIT_CPU_ISA", isa)
+    if torch.ops.lenskit.cpu_isa() != isa:
+        pytest.skip(f"this CPU has no {isa}")
+    g = torch.Generator().manual_seed(v)
+    p = torch.randn(3, v, generator=g) * 3
+    q = torch.randn(3, v, generator=g) * 3
+    p[:, v // 1024 * 1024 :] = -INF
+    p, q = p.to(dtype), q.to(dtype)
+    for flag in ("1", "0"):
+        monkeypatch.setenv("LENSKIT_CPU_PREFETCH", flag)
+        assert_close(lenskit.kl_div(p, q), ref_kl(p, q))
+
+
 def _entropy_variety(v: int, dtype: torch.dtype) -> torch.Tensor:
     """Rows for the two-stream entropy code (a segment read as two halves): maxima in either
-    half, a half all masked, NaN / +inf in one half only, one-hot, uniform, large magnitudes."""
+    half, a half all masked, NaN / +inf in one half only, one-hot, uniform, large magnitudes,
+    the second half's first block masked."""
     g = torch.Generator().manual_seed(v)
-    x = torch.randn(12, v, generator=g) * 3
+    x = torch.randn(13, v, generator=g) * 3
     x[1] = x[1].masked_fill(torch.rand(v, generator=g) < 0.1, -INF)
     x[2] = torch.linspace(-300, 300, v)  # the max in the second half, rising block by block
     x[3] = torch.linspace(300, -300, v)
@@ -304,6 +326,10 @@ def _entropy_variety(v: int, dtype: torch.dtype) -> torch.Tensor:
     x[9] = 0.5  # uniform: log V
     x[10] *= 1e4
     x[11, v // 2 + 5] = 60.0  # one dominant entry in the second half
+    # The second half (from whole blocks of kPairBlock = 1024 past the middle) starts with an
+    # all-masked block: it must not take the fast code before its own max is finite.
+    half = (-(-v // 1024) + 1) // 2 * 1024
+    x[12, half : half + 1024] = -INF
     return x.to(dtype)
 
 
@@ -713,8 +739,11 @@ BAD = [
     ("kl_div", (torch.zeros(3, 4), torch.zeros(3, 5)), ValueError, r"same shape.*\[3, 4\].*\[3, 5\]|same shape.*\(3, 4\).*\(3, 5\)"),
     ("kl_div", (torch.zeros(3, 4), torch.zeros(3, 4, dtype=torch.int32)), TypeError, r"q_logits.*int32"),
     ("kl_div", (torch.tensor(1.0), torch.tensor(1.0)), ValueError, r"0-d"),
+    ("kl_div", (torch.zeros(3, 4), torch.zeros(2, 4)), ValueError, r"same shape"),
+    ("kl_div", (torch.zeros(2, 3, 4), torch.zeros(6, 4)), ValueError, r"same shape"),
     ("pairwise_kl", (torch.zeros(3, 4), torch.zeros(2, 5)), ValueError, r"\[N, V\].*\[M, V\]"),
     ("pairwise_kl", (torch.zeros(2, 3, 4), torch.zeros(2, 4)), ValueError, r"\[N, V\]"),
+    ("pairwise_kl", (torch.zeros(3, 4), torch.zeros(2, 4, 4)), ValueError, r"\[N, V\]"),
     ("pairwise_kl", (torch.zeros(3, 4, dtype=torch.uint8), torch.zeros(2, 4)), TypeError, r"p_logits.*uint8"),
 ]  # fmt: skip
 
