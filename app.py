@@ -4,10 +4,10 @@ The maths lives in :mod:`lenskit.lens` (``run_lens``), the charts in :mod:`lensk
 (shared with the CLI). Run with ``make app`` (``streamlit run app.py --server.port 8501``;
 server settings in ``.streamlit/config.toml``).
 
-State: the model is cached process-wide (``st.cache_resource``, one model at a time), lens
-results are cached as JSON text (``st.cache_data``, keyed by model spec and inputs), and
-everything a user did lives in ``st.session_state`` only, so two browser sessions never see
-each other's results. User text is only ever shown through ``st.code`` / ``st.dataframe`` /
+State: the model is cached process-wide (``st.cache_resource``, one model at a time, on the
+device :func:`app_device` names), lens results are cached as JSON text (``st.cache_data``,
+keyed by model spec, device and inputs), and everything a user did lives in
+``st.session_state`` only, so two browser sessions never see each other's results. User text is only ever shown through ``st.code`` / ``st.dataframe`` /
 chart text marks or escaped markdown: never as HTML.
 
 The second tab ("Generation & interventions") sweeps interventions over the blocks of the
