@@ -513,10 +513,10 @@ class _InterventionHook:
         if threading.get_ident() != self.thread:
             return None
         hidden = _first(output)
-        rows = (
-            torch.arange(hidden.shape[0], device=hidden.device) if self.rows is None else self.rows
-        )
-        r_idx, p_idx = rows[:, None], self.local[None, :]
+        dev = hidden.device  # with a device_map, blocks live on several GPUs
+        rows = torch.arange(hidden.shape[0], device=dev) if self.rows is None else self.rows.to(dev)
+        local = self.local.to(dev)
+        r_idx, p_idx = rows[:, None], local[None, :]
         new = hidden.clone()
         if self.kind == "skip":
             h_in = _block_input(args, kwargs)
@@ -525,8 +525,9 @@ class _InterventionHook:
             if self.mean_value is not None:
                 value = self.mean_value.to(hidden.device)[None, None, :]
             else:
-                value = hidden[rows][:, self.mean_sources].float().mean(dim=1, keepdim=True)
-            new[r_idx, p_idx] = value.expand(rows.numel(), self.local.numel(), -1).to(new.dtype)
+                sources = self.mean_sources.to(dev)
+                value = hidden[rows][:, sources].float().mean(dim=1, keepdim=True)
+            new[r_idx, p_idx] = value.expand(rows.numel(), local.numel(), -1).to(new.dtype)
         else:  # noise
             h = hidden[r_idx, p_idx].float()  # [r, P, d]
             rms = h.norm(dim=-1, keepdim=True) / math.sqrt(h.shape[-1])
@@ -1223,7 +1224,8 @@ def _readout_rows(
     finally:
         for h in handles:
             h.remove()
-    rows = readout.logits(torch.stack(states))  # [L, V]
+    dev = readout.unembed.weight.device  # the states may come from several GPUs
+    rows = readout.logits(torch.stack([s.to(dev) for s in states]))  # [L, V]
     names = ["emb", *[str(i) for i in range(1, n_blocks)], "out"]
     return names, torch.cat([rows, out_logits[None].to(rows.dtype)], dim=0)
 

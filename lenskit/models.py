@@ -203,11 +203,26 @@ _DTYPES = {
 }
 
 
-def _resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype | str:
+def _maps_to_cpu_only(device_map: Any) -> bool:
+    """Whether a ``from_pretrained`` device_map places everything on the CPU (or disk)."""
+    if isinstance(device_map, dict):
+        return all(str(d) in ("cpu", "disk") for d in device_map.values())
+    if str(device_map) == "cpu":
+        return True
+    # "auto", "balanced", ...: accelerators when there are any; anything else names one.
+    strategies = ("auto", "balanced", "balanced_low_0", "sequential")
+    return str(device_map) in strategies and _resolve_device("auto").type == "cpu"
+
+
+def _resolve_dtype(
+    dtype: str | torch.dtype | None, device: torch.device, device_map: Any = None
+) -> torch.dtype | str:
     if dtype is None:
         # fp32 on CPU (half precision matmuls are slow there and the lens wants exact
-        # statistics); on accelerators keep the checkpoint's own dtype.
-        return torch.float32 if device.type == "cpu" else "auto"
+        # statistics); on accelerators keep the checkpoint's own dtype. A device_map decides
+        # the placement instead of ``device``.
+        on_cpu = device.type == "cpu" if device_map is None else _maps_to_cpu_only(device_map)
+        return torch.float32 if on_cpu else "auto"
     if isinstance(dtype, torch.dtype):
         if dtype not in _DTYPES.values():
             raise ModelLoadError(
@@ -583,7 +598,8 @@ def load_model(
             directory, or a local ``.gguf`` file.
         device: ``"cpu"`` (default), ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (GPU if any).
         dtype: ``"float32"`` / ``"bfloat16"`` / ``"float16"`` / a torch dtype / ``"auto"``.
-            Default: float32 on CPU, the checkpoint's dtype on accelerators.
+            Default: float32 on CPU, the checkpoint's dtype on accelerators (with a
+            ``device_map``: float32 only where it places everything on the CPU).
         trust_remote_code: allow checkpoints with custom modelling code (off by default).
         device_map: passed to ``from_pretrained`` (e.g. ``"auto"`` with accelerate for models
             larger than one device); then ``device`` is ignored.
@@ -603,7 +619,7 @@ def load_model(
         )
     spec = spec.strip()
     dev = _resolve_device(device)
-    torch_dtype = _resolve_dtype(dtype, dev)
+    torch_dtype = _resolve_dtype(dtype, dev, device_map)
     close: Callable[[], None] | None = None
     if progress is True:
         progress, close = _tqdm_progress("Loading model")
@@ -874,7 +890,8 @@ class Readout:
         out = self.norm(hidden)
         if self.project_out is not None:
             out = self.project_out(out)
-        return out
+        # With a device_map the final norm may sit on another GPU than the unembedding.
+        return out.to(self.unembed.weight.device)
 
     def transform(self, logits: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
         """Apply the model's own scaling and soft-capping to raw unembedding outputs.

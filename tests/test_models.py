@@ -241,6 +241,38 @@ def test_device_auto_and_dtype(tiny_model_dir):
     assert model.device.type == ("cuda" if torch.cuda.is_available() else model.device.type)
 
 
+def test_dtype_default_follows_device_map(monkeypatch):
+    """Without a dtype: float32 where everything runs on the CPU, else the checkpoint's own
+    dtype; a device_map decides where (a bf16 model sharded over GPUs stays bf16)."""
+    from lenskit.models import _resolve_dtype
+
+    cpu = torch.device("cpu")
+    assert _resolve_dtype(None, cpu) == torch.float32
+    assert _resolve_dtype(None, torch.device("cuda")) == "auto"
+    assert _resolve_dtype(None, torch.device("cuda"), {"": "cpu"}) == torch.float32
+    assert _resolve_dtype(None, cpu, {"model": "cpu", "lm_head": "disk"}) == torch.float32
+    assert _resolve_dtype(None, cpu, {"model": 0, "lm_head": "cpu"}) == "auto"
+    assert _resolve_dtype(None, cpu, "cuda:1") == "auto"
+    assert _resolve_dtype("bfloat16", cpu, {"": "cpu"}) == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert _resolve_dtype(None, cpu, "auto") == torch.float32
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert _resolve_dtype(None, cpu, "auto") == "auto"
+    assert _resolve_dtype(None, cpu, "balanced") == "auto"
+    # ... and load_model asks for it.
+    seen = {}
+
+    def fake_load_any(spec, *, dtype, **kwargs):
+        seen["dtype"] = dtype
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(lenskit.models, "_load_any", fake_load_any)
+    with pytest.raises(RuntimeError, match="stop here"):
+        lenskit.load_model("somewhere", device_map={"": 0})
+    assert seen["dtype"] == "auto"
+
+
 def test_cache_dir_env(monkeypatch, tmp_path):
     monkeypatch.setenv("LENSKIT_CACHE_DIR", str(tmp_path / "a"))
     assert models.cache_dir() == tmp_path / "a"
