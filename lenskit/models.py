@@ -643,7 +643,7 @@ def load_model(
         if device_map is None:
             try:
                 model = model.to(dev)
-            except (RuntimeError, AssertionError) as exc:
+            except (RuntimeError, AssertionError, TypeError) as exc:  # TypeError: MPS dtypes
                 raise ModelLoadError(
                     f"Could not move {label} to {dev}: {_first_line(exc)}"
                 ) from exc

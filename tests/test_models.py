@@ -235,6 +235,23 @@ def test_bad_device_and_dtype(tiny_model_dir):
         lenskit.load_model(str(tiny_model_dir), dtype=torch.float64)
 
 
+def test_move_errors_are_load_errors(tiny_model_dir, monkeypatch):
+    """What a device refuses when the model moves there (out of memory: RuntimeError; a dtype
+    MPS lacks: TypeError) is a ModelLoadError naming the device."""
+    import transformers
+
+    for exc in (RuntimeError("CUDA out of memory"), TypeError("BFloat16 is not supported")):
+
+        def refuse(self, *args, exc=exc, **kwargs):
+            if args or kwargs.get("device") is not None:
+                raise exc
+            return self
+
+        monkeypatch.setattr(transformers.PreTrainedModel, "to", refuse)
+        with pytest.raises(ModelLoadError, match=f"Could not move .* to cpu: {exc}"):
+            lenskit.load_model(str(tiny_model_dir))
+
+
 def test_device_auto_and_dtype(tiny_model_dir):
     model, _ = lenskit.load_model(str(tiny_model_dir), device="auto", dtype="bfloat16")
     assert model.dtype == torch.bfloat16
