@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -115,6 +115,14 @@ def wait_idle(page, timeout: float = 90_000) -> None:
     page.wait_for_selector(IDLE, timeout=timeout)
 
 
+def wait_changed(page, read: Callable[[], str], before: str, timeout: float = 60) -> None:
+    """Poll ``read()`` until it differs from ``before`` (or ``timeout`` s), then wait idle."""
+    deadline = time.monotonic() + timeout
+    while read() == before and time.monotonic() < deadline:
+        page.wait_for_timeout(250)
+    wait_idle(page)
+
+
 @contextmanager
 def app_page(chromium: str, url: str, chart: str) -> Iterator:
     """A Chromium page on the app after its first run (``chart``'s marks drawn, idle)."""
@@ -176,10 +184,7 @@ def test_app_in_chromium(chromium: str, app_url: str, tmp_path: Path) -> None:
         page.mouse.down()
         page.mouse.move(box["x"] + box["width"] * 0.25, y, steps=8)
         page.mouse.up()
-        deadline = time.monotonic() + 60
-        while slider.inner_text() == before and time.monotonic() < deadline:
-            page.wait_for_timeout(250)
-        wait_idle(page)
+        wait_changed(page, slider.inner_text, before)
         assert slider.inner_text() != before, "brushing the overview did not move the range"
         assert page.locator("[data-testid='stException']").count() == 0
         page.screenshot(path=str(tmp_path / "after_brush.png"), full_page=True)
@@ -192,10 +197,7 @@ def test_app_in_chromium(chromium: str, app_url: str, tmp_path: Path) -> None:
         assert box is not None
         # the plot starts after the y-axis labels: aim at the middle of the plot area
         page.mouse.click(box["x"] + box["width"] * 0.35, box["y"] + box["height"] * 0.5)
-        deadline = time.monotonic() + 60
-        while drill.input_value() == before and time.monotonic() < deadline:
-            page.wait_for_timeout(250)
-        wait_idle(page)
+        wait_changed(page, drill.input_value, before)
         assert drill.input_value() != before, "clicking a detail cell did not drill down"
         assert page.locator("[data-testid='stException']").count() == 0
 
