@@ -600,10 +600,6 @@ def sweep_json(
     """Run the intervention sweep; the result is cached as JSON text."""
     model, tokenizer = get_model(spec, load_key)
     bar = st.progress(0.0, text=f"Generating, then sweeping {len(layers)} blocks\u2026")
-
-    def progress(done: int, total: int) -> None:
-        bar.progress(_clamp01(done / max(total, 1)), text=f"Swept {done} of {total} blocks")
-
     try:
         result = intervention_sweep(
             model,
@@ -616,7 +612,7 @@ def sweep_json(
             positions=positions if isinstance(positions, str) else list(positions),
             intervention=intervention,
             seed=seed,
-            progress=progress,
+            progress=_bar_callback(bar),
         )
     finally:
         bar.empty()

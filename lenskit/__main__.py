@@ -81,7 +81,10 @@ def _add_lens_arguments(parser: argparse.ArgumentParser) -> None:
     _add_prompt_arguments(parser)
     parser.add_argument("--top-k", type=_positive_int, default=5, help="top tokens per cell (5)")
     parser.add_argument(
-        "--target", default=None, help="single-token target to track, e.g. ' Canberra'"
+        "--target",
+        default=None,
+        help="single-token target to track, e.g. ' Canberra', or a vocabulary entry such as "
+        "'ĠCanberra' (a target that starts with '-': --target=-ing)",
     )
     parser.add_argument(
         "--metric",
@@ -176,12 +179,12 @@ def _write_data(result: Any, out: Path) -> bool:
 def _run_lens(args: argparse.Namespace) -> int:
     out = _check_prompt_args(args)
     charts = _charts_for(out)
-    if charts is not None:
-        known = getattr(charts, "METRICS", None)
-        if known is not None and args.metric not in known:
-            raise CliError(f"unknown --metric {args.metric!r}; known: {', '.join(known)}")
-        if args.metric.startswith("target") and args.target is None:
-            raise CliError(f"--metric {args.metric} needs --target")
+    # Checked for .json/.csv too (which hold every metric): a typo should not pass silently.
+    known = getattr(charts if charts is not None else _charts_module(), "METRICS", None)
+    if known is not None and args.metric not in known:
+        raise CliError(f"unknown --metric {args.metric!r}; known: {', '.join(known)}")
+    if charts is not None and args.metric.startswith("target") and args.target is None:
+        raise CliError(f"--metric {args.metric} needs --target")
 
     import lenskit
 
@@ -203,20 +206,21 @@ def _run_lens(args: argparse.Namespace) -> int:
         charts.save_chart(chart, out)
     if not args.quiet:
         print(
-            f"wrote {out} ({result.n_rows} layers x {result.n_positions} positions, "
+            f"wrote {out} ({result.n_rows} read-out rows x {result.n_positions} positions, "
             f"model {result.model_name})",
             file=sys.stderr,
         )
     return 0
 
 
-#: Longest ``a-b`` range ``--layers`` expands; far beyond any model, short of a typo's RAM.
+#: Longest ``a-b`` range ``--layers`` / ``--positions`` expands; far beyond any model or
+#: prompt, short of a typo's RAM.
 MAX_LAYER_RANGE = 100_000
 
 
-def _layer_list(text: str) -> list[int]:
-    """Parse ``"0,15-21,27"`` into block indices."""
-    layers: list[int] = []
+def _index_list(text: str, what: str, example: str) -> list[int]:
+    """Parse ``"0,15-21,27"`` into indices (``what``: "block" or "position")."""
+    indices: list[int] = []
     for part in text.split(","):
         part = part.strip()
         if not part:
@@ -228,27 +232,31 @@ def _layer_list(text: str) -> list[int]:
                 lo = hi = int(part)
         except ValueError:
             raise argparse.ArgumentTypeError(
-                f"expected block indices like '0,15-21,27', got {text!r}"
+                f"expected {what} indices like {example!r}, got {text!r}"
             ) from None
         if hi < lo:
-            raise argparse.ArgumentTypeError(f"the block range {part!r} runs backwards")
+            raise argparse.ArgumentTypeError(f"the {what} range {part!r} runs backwards")
         if hi - lo >= MAX_LAYER_RANGE:
             raise argparse.ArgumentTypeError(
-                f"the block range {part!r} spans {hi - lo + 1} blocks; no model has that many"
+                f"the {what} range {part!r} spans {hi - lo + 1} {what}s; nothing has that many"
             )
-        layers.extend(range(lo, hi + 1))
-    return layers
+        indices.extend(range(lo, hi + 1))
+    return indices
+
+
+def _layer_list(text: str) -> list[int]:
+    """Parse ``"0,15-21,27"`` into block indices."""
+    return _index_list(text, "block", "0,15-21,27")
 
 
 def _position_spec(text: str) -> str | list[int]:
+    """``"template"``, ``"all-prompt"``, or prompt indices such as ``"30,31"`` / ``"30-36"``."""
     if text in ("template", "all-prompt"):
         return text
     try:
-        return [int(p) for p in text.split(",") if p.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected 'template', 'all-prompt' or indices like '30,31,32', got {text!r}"
-        ) from None
+        return _index_list(text, "position", "30,31,32")
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"{exc} (or 'template' / 'all-prompt')") from None
 
 
 def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
@@ -271,7 +279,7 @@ def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
         "--positions",
         type=_position_spec,
         default="template",
-        help="'template' (default), 'all-prompt' or prompt indices '30,31'",
+        help="'template' (default), 'all-prompt' or prompt indices, e.g. '30,31' or '30-36'",
     )
     parser.add_argument(
         "--intervention",
@@ -289,6 +297,8 @@ def _run_sweep(args: argparse.Namespace) -> int:
     out = _check_prompt_args(args)
     if args.layers is not None and not args.layers:
         raise CliError("--layers selects no block")
+    if isinstance(args.positions, list) and not args.positions:
+        raise CliError("--positions selects no position (nothing would be intervened on)")
     if args.raw and args.positions == "template":
         raise CliError(
             "--raw prompts have no template tokens to intervene on: pass --positions "
@@ -299,35 +309,19 @@ def _run_sweep(args: argparse.Namespace) -> int:
     from lenskit.interventions import intervention_sweep
 
     model, tokenizer = _load_model(args)
-    bar = None
-    if not args.quiet:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=0, desc="sweep", unit="block", file=sys.stderr)
-
-    def progress(done: int, total: int) -> None:
-        if bar is not None:
-            bar.total = total
-            bar.n = done
-            bar.refresh()
-
-    try:
-        result = intervention_sweep(
-            model,
-            tokenizer,
-            args.prompt,
-            chat=not args.raw,
-            system=args.system,
-            max_new_tokens=args.max_new_tokens,
-            layers=args.layers,
-            positions=args.positions,
-            intervention=args.intervention,
-            seed=args.seed,
-            progress=progress,
-        )
-    finally:
-        if bar is not None:
-            bar.close()
+    result = intervention_sweep(
+        model,
+        tokenizer,
+        args.prompt,
+        chat=not args.raw,
+        system=args.system,
+        max_new_tokens=args.max_new_tokens,
+        layers=args.layers,
+        positions=args.positions,
+        intervention=args.intervention,
+        seed=args.seed,
+        progress=_progress(args.quiet),
+    )
     if not _write_data(result, out):
         charts.save_chart(charts.sweep_heatmap(result), out)
     if not args.quiet:

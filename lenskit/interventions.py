@@ -70,7 +70,7 @@ UNITS = {
     "generated_prob_intervened": "probability",
 }
 
-ProgressFn = Callable[[int, int], None]
+ProgressFn = Callable[[float, str], None]
 
 
 class InterventionError(ValueError):
@@ -220,7 +220,12 @@ class SweepResult(ResultRecord):
         return [f"Gen{j}" for j in range(self.n_generated)]
 
     def to_frame(self) -> pd.DataFrame:
-        """Long table, one row per (swept block, generated token) cell, blocks ascending."""
+        """Long table, one row per (swept block, generated token) cell, blocks ascending.
+
+        ``predicting_position`` is the sequence position whose next-token distribution the
+        cell compares (Gen j is predicted at ``n_prompt - 1 + j``); ``intervened_positions``
+        (comma-separated) and ``seed`` repeat the run's settings on every row.
+        """
         n_l, g = self.kl.shape
         li, gj = np.meshgrid(np.arange(n_l), np.arange(g), indexing="ij")
         li, gj = li.ravel(), gj.ravel()
@@ -230,7 +235,8 @@ class SweepResult(ResultRecord):
             "layer": self.layers[li],
             "gen_index": gj,
             "gen_label": np.asarray([f"Gen{j}" for j in gj], dtype=object),
-            "position": self.n_prompt - 1 + gj,
+            # The position whose next-token distribution this is (not an intervened one).
+            "predicting_position": self.n_prompt - 1 + gj,
             "generated_id": self.generated_ids[gj],
             "generated_token": self.generated_tokens[gj],
             "generated_display_token": self.generated_display_tokens[gj],
@@ -244,6 +250,9 @@ class SweepResult(ResultRecord):
             "generated_prob_clean": self.generated_prob_clean[gj],
             "generated_prob_intervened": self.generated_prob_intervened.ravel(),
             "intervention": self.intervention,
+            # What a CSV reader needs to reproduce the run (the JSON holds them as lists).
+            "intervened_positions": ",".join(str(int(t)) for t in self.positions),
+            "seed": self.seed,
         }
         return pd.DataFrame(data)
 
@@ -409,7 +418,7 @@ def _mean_sources(positions: Sequence[int], n_prompt: int) -> list[int]:
         raise PositionSelectionError(
             "intervention 'mean' averages block l's output over the prompt positions that are "
             "not intervened on (position 0 excluded), but there are none: "
-            f"prompt length {n_prompt}, positions {list(positions)}"
+            f"prompt length {n_prompt}, positions {_few(sorted(chosen))}"
         )
     return others
 
@@ -839,6 +848,24 @@ def _intervened_logits(
         yield chunk, logits
 
 
+def _check_sweep_options(intervention: str, strategy: str, seed: Any, batch_size: Any) -> None:
+    """The sweep's plain options, checked before any (slow) model work."""
+    if intervention not in INTERVENTIONS:
+        raise UnknownInterventionError(
+            f"unknown intervention {intervention!r}; choose one of {INTERVENTIONS}"
+        )
+    if strategy not in STRATEGIES:
+        raise InterventionError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InterventionError(f"seed must be a non-negative int, got {seed!r}")
+    if batch_size is not None and (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, (int, np.integer))
+        or batch_size < 1
+    ):
+        raise InterventionError(f"batch_size must be a positive int or None, got {batch_size!r}")
+
+
 def _sweep_ids(
     model: nn.Module,
     blocks: nn.ModuleList,
@@ -855,21 +882,12 @@ def _sweep_ids(
     strategy: str = "auto",
     progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
-    """Token-level sweep: numpy arrays for :class:`SweepResult` (the model-facing core)."""
-    if intervention not in INTERVENTIONS:
-        raise UnknownInterventionError(
-            f"unknown intervention {intervention!r}; choose one of {INTERVENTIONS}"
-        )
-    if strategy not in STRATEGIES:
-        raise InterventionError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise InterventionError(f"seed must be a non-negative int, got {seed!r}")
-    if batch_size is not None and (
-        isinstance(batch_size, bool)
-        or not isinstance(batch_size, (int, np.integer))
-        or batch_size < 1
-    ):
-        raise InterventionError(f"batch_size must be a positive int or None, got {batch_size!r}")
+    """Token-level sweep: numpy arrays for :class:`SweepResult` (the model-facing core).
+
+    ``progress(fraction, message)`` hears of each batch of swept blocks (fraction: blocks done
+    / blocks to sweep).
+    """
+    _check_sweep_options(intervention, strategy, seed, batch_size)
     n_blocks = len(blocks)
     chosen_layers = _resolve_layers(layers, n_blocks)
     n_prompt, n_gen = len(prompt_ids), len(generated_ids)
@@ -896,7 +914,7 @@ def _sweep_ids(
         top[:] = clean_logits.argmax(-1).cpu().numpy()
         prob[:] = torch.softmax(clean_logits.float(), -1)[torch.arange(n_gen), gen_t].cpu().numpy()
         if progress is not None:
-            progress(n_l, n_l)
+            progress(1.0, f"Swept {n_l}/{n_l} blocks")
         used = "none"
     else:
         used, clean = _prepare_clean(model, blocks, readout, ids, n_gen, chosen_pos, strategy)
@@ -915,7 +933,7 @@ def _sweep_ids(
             prob[rows] = q_prob.cpu().numpy()
             done += len(chunk)
             if progress is not None:
-                progress(done, n_l)
+                progress(done / n_l, f"Swept {done}/{n_l} blocks")
     clean_prob = torch.softmax(clean_logits.float(), -1)[torch.arange(n_gen), gen_t]
     return {
         "layers": np.asarray(chosen_layers, dtype=np.int64),
@@ -935,7 +953,11 @@ def _sweep_ids(
 
 
 def _encode(
-    tokenizer: Any, prompt: str, chat: bool, system: str | None, max_length: int | None = None
+    tokenizer: Any,
+    prompt: str | Sequence[dict[str, str]],
+    chat: bool,
+    system: str | None,
+    max_length: int | None = None,
 ) -> Any:
     from lenskit.prompts import encode_prompt
 
@@ -951,10 +973,12 @@ def _encode_for_generation(
     ctx = context_length(model)
     enc = _encode(tokenizer, prompt, chat, system, max_length=ctx)
     prompt_ids = _ids_list(enc.input_ids)
-    if ctx is not None and len(prompt_ids) + n_new > ctx:
+    # The last generated token is never fed back: the model sees n_prompt + n_new - 1.
+    if ctx is not None and len(prompt_ids) + n_new - 1 > ctx:
         raise GenerationLengthError(
-            f"the prompt is {len(prompt_ids)} tokens; with max_new_tokens={n_new} that exceeds "
-            f"the model's context of {ctx} tokens: shorten the prompt or generate fewer tokens"
+            f"the prompt is {len(prompt_ids)} tokens; with max_new_tokens={n_new} the model "
+            f"would read {len(prompt_ids) + n_new - 1}, more than its context of {ctx} tokens: "
+            "shorten the prompt or generate fewer tokens"
         )
     return enc, prompt_ids
 
@@ -968,7 +992,7 @@ def _ids_list(ids: Any) -> list[int]:
 def intervention_sweep(
     model: nn.Module,
     tokenizer: Any,
-    prompt: str,
+    prompt: str | Sequence[dict[str, str]],
     *,
     chat: bool = True,
     system: str | None = None,
@@ -978,7 +1002,7 @@ def intervention_sweep(
     intervention: Literal["skip", "mean", "noise"] = "skip",
     seed: int = 0,
     batch_size: int | None = None,
-    progress: ProgressFn | None = None,
+    progress: ProgressFn | bool | None = None,
     strategy: Literal["auto", "prefix", "batched", "sequential"] = "auto",
 ) -> SweepResult:
     """Which blocks, at which prompt positions, does the generated answer depend on?
@@ -1039,7 +1063,8 @@ def intervention_sweep(
         seed: non-negative seed of the ``"noise"`` intervention.
         batch_size: swept blocks per forward pass (None = as many as fit a memory budget:
             512 MiB of activations on CPU, a quarter of the free memory on CUDA).
-        progress: ``progress(done, total)`` called with the number of swept blocks done.
+        progress: ``progress(fraction, message)`` callback (fraction of the blocks swept, as
+            for :func:`lenskit.run_lens`), True for a tqdm bar on stderr, or None.
         strategy: ``"auto"`` (default: ``"prefix"`` when the model's blocks feed each other
             directly and the read-out reproduces its logits, else ``"batched"``),
             ``"prefix"`` (batched, each row starting at its own block and at the first
@@ -1061,13 +1086,11 @@ def intervention_sweep(
         InterventionError: bad ``seed``, ``batch_size`` or ``strategy`` (all of these are
             ``ValueError`` subclasses).
     """
-    from lenskit.models import decoder_layers, find_readout, model_name
+    from lenskit.models import decoder_layers, find_readout, model_name, progress_reporter
 
     n_new = _check_max_new_tokens(max_new_tokens)
-    if intervention not in INTERVENTIONS:
-        raise UnknownInterventionError(
-            f"unknown intervention {intervention!r}; choose one of {INTERVENTIONS}"
-        )
+    _check_sweep_options(intervention, strategy, seed, batch_size)
+    report, close = progress_reporter(progress, "Sweep")
     blocks = decoder_layers(model)
     _resolve_layers(layers, len(blocks))  # fail before the (slow) generation
     enc, prompt_ids = _encode_for_generation(model, tokenizer, prompt, chat, system, n_new)
@@ -1076,17 +1099,25 @@ def intervention_sweep(
     if intervention == "mean":
         _mean_sources(chosen_pos, len(prompt_ids))
 
-    generated = greedy_generate(model, prompt_ids, n_new, eos_token_ids=_eos_ids(model, tokenizer))
     try:
-        readout = find_readout(model).logits
-    except Exception:  # noqa: BLE001 - no read-out: the full-forward strategies still work
-        readout = None
-    core = _sweep_ids(
-        model, blocks, readout, prompt_ids, generated,
-        layers=layers, positions=positions, template_positions=template,
-        intervention=intervention, seed=seed, batch_size=batch_size, strategy=strategy,
-        progress=progress,
-    )  # fmt: skip
+        report(0.0, f"Generating {n_new} tokens")
+        generated = greedy_generate(
+            model, prompt_ids, n_new, eos_token_ids=_eos_ids(model, tokenizer)
+        )
+        try:
+            readout = find_readout(model).logits
+        except Exception:  # noqa: BLE001 - no read-out: the full-forward strategies still work
+            readout = None
+        report(0.0, "Clean run")
+        core = _sweep_ids(
+            model, blocks, readout, prompt_ids, generated,
+            layers=layers, positions=positions, template_positions=template,
+            intervention=intervention, seed=seed, batch_size=batch_size, strategy=strategy,
+            progress=report,
+        )  # fmt: skip
+    finally:
+        if close is not None:
+            close()
     core.pop("strategy")
     gen_tokens = _tokens(tokenizer, generated)
     top = core["top_ids_intervened"]
@@ -1102,7 +1133,7 @@ def intervention_sweep(
         seed=seed,
         max_new_tokens=n_new,
         model_name=model_name(model),
-        prompt=prompt,
+        prompt=enc.prompt,
         chat=chat,
         system=system,
         **core,
@@ -1112,7 +1143,7 @@ def intervention_sweep(
 def lens_on_generation(
     model: nn.Module,
     tokenizer: Any,
-    prompt: str,
+    prompt: str | Sequence[dict[str, str]],
     *,
     chat: bool = True,
     system: str | None = None,
@@ -1186,7 +1217,7 @@ def lens_on_generation(
         template_positions=_ids_list(enc.template_positions),
         vocab_size=vocab,
         model_name=model_name(model),
-        prompt=prompt,
+        prompt=enc.prompt,
         chat=chat,
         system=system,
     )
@@ -1233,7 +1264,7 @@ def _readout_rows(
 def layer_pairwise_kl(
     model: nn.Module,
     tokenizer: Any,
-    prompt: str,
+    prompt: str | Sequence[dict[str, str]],
     position: int,
     *,
     chat: bool = True,

@@ -6,7 +6,6 @@ row i in 1..L-1 = output of block i read out; row L "out" = the model's own logi
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,9 +22,10 @@ from lenskit.models import (
     decoder_layers,
     find_readout,
     model_name,
+    progress_reporter,
 )
 from lenskit.ops import entropy_lse, kl_div
-from lenskit.prompts import encode_prompt
+from lenskit.prompts import PromptError, check_text, encode_prompt
 from lenskit.tokens import format_token
 
 __all__ = ["LensResult", "TargetError", "layer_names", "run_lens", "target_token_id"]
@@ -168,6 +168,8 @@ class LensResult(ResultRecord):
             data[f"top{j + 1}_token"] = self.top_tokens[:, :, j].ravel()
             data[f"top{j + 1}_prob"] = self.top_probs[:, :, j].ravel()
         if self.target_prob is not None:
+            data["target"] = self.target
+            data["target_id"] = self.target_id
             data["target_prob"] = self.target_prob.ravel()
             data["target_rank"] = self.target_rank.ravel()
         return pd.DataFrame(data)
@@ -190,31 +192,50 @@ def layer_names(n_layers: int) -> list[str]:
 def target_token_id(tokenizer: Any, target: str | int) -> int:
     """The id of a single-token target such as ``" Canberra"`` (no special tokens added).
 
+    A target that does not encode to one token but is spelled exactly as a vocabulary entry
+    (``"ĠCanberra"``, or ``"ðŁ"`` for a piece of an emoji) gives that entry's id.
+
     Raises:
-        TargetError: empty target, or it tokenizes to more than one token (the message shows
-            how it tokenizes).
+        TargetError: empty or non-text target, or it tokenizes to more than one token (the
+            message shows how it tokenizes).
     """
-    if isinstance(target, (int, np.integer)):
+    if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
         return int(target)
-    if not isinstance(target, str) or target == "":
-        raise TargetError("The target is empty: give one token, e.g. ' Canberra' (note the space).")
-    ids = tokenizer.encode(target, add_special_tokens=False)
-    if len(ids) != 1:
-        pieces = tokenizer.convert_ids_to_tokens(ids)
-        hint = ""
-        if not target.startswith(" "):
-            hint = (
-                " Words after a space usually need the leading space, e.g. ' "
-                + target.strip()
-                + "'."
-            )
+    if not isinstance(target, str):
         raise TargetError(
-            f"The target {target!r} is {len(ids)} tokens {pieces}, not one: pick a single "
-            f"token (the first piece is {pieces[0]!r} if you want that).{hint}"
-            if ids
-            else f"The target {target!r} gives no tokens."
+            f"The target must be text (one token, e.g. ' Canberra') or a token id, got "
+            f"{type(target).__name__}."
         )
-    return int(ids[0])
+    if target == "":
+        raise TargetError("The target is empty: give one token, e.g. ' Canberra' (note the space).")
+    try:
+        check_text("target", target)
+    except PromptError as exc:
+        raise TargetError(str(exc)) from None
+    ids = tokenizer.encode(target, add_special_tokens=False)
+    if len(ids) == 1:
+        return int(ids[0])
+    exact = tokenizer.convert_tokens_to_ids(target)
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if isinstance(exact, int) and exact != unk and 0 <= exact < len(tokenizer):
+        return exact
+    if not ids:
+        raise TargetError(f"The target {target!r} gives no tokens.")
+    # Each piece as text (" Canberra", not the vocabulary's "ĠCanberra", which would not
+    # encode back to itself); a piece that is part of a character can only be named by its
+    # vocabulary spelling, which the exact-entry rule above accepts.
+    raw = tokenizer.convert_ids_to_tokens(ids)
+    texts = [tokenizer.decode([i]) for i in ids]
+    pieces = [r if "\ufffd" in t else t for t, r in zip(texts, raw, strict=True)]
+    hint = ""
+    if not target.startswith(" "):
+        hint = (
+            " Words after a space usually need the leading space, e.g. ' " + target.strip() + "'."
+        )
+    raise TargetError(
+        f"The target {target!r} is {len(ids)} tokens {pieces}, not one: pick a single token "
+        f"(the first piece is {pieces[0]!r} if you want that).{hint}"
+    )
 
 
 def _vocab_strings(tokenizer: Any, ids: np.ndarray) -> np.ndarray:
@@ -367,7 +388,7 @@ def run_lens(
     if target_id is not None and not 0 <= target_id < vocab:
         raise TargetError(f"target id {target_id} is outside the vocabulary [0, {vocab})")
 
-    report, close = _progress(progress, len(encoded))
+    report, close = progress_reporter(progress, "Logit lens")
     try:
         report(0.0, f"Forward pass over {len(encoded)} tokens")
         weight = readout.unembed.weight
@@ -411,25 +432,6 @@ def run_lens(
         target_rank=stats.get("target_rank"),
     )
     return result
-
-
-def _progress(
-    progress: Callable[[float, str], None] | bool | None, n_tokens: int
-) -> tuple[Callable[[float, str], None], Callable[[], None] | None]:
-    if progress is True:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=100, desc="Logit lens", file=sys.stderr, leave=False, unit="%")
-
-        def update(fraction: float, message: str) -> None:
-            bar.set_description_str(message[:50])
-            bar.n = int(round(100 * fraction))
-            bar.refresh()
-
-        return update, bar.close
-    if callable(progress):
-        return progress, None
-    return (lambda fraction, message: None), None
 
 
 def _read_out(

@@ -192,6 +192,32 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
 
 _DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
 
+
+def _check_available(dev: torch.device) -> None:
+    """Fail before the (slow) load when ``dev`` does not exist on this machine."""
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "built without CUDA" if torch.version.cuda is None else "no GPU visible"
+            raise ModelLoadError(
+                f"Device {str(dev)!r} is not available here (torch {torch.__version__}, "
+                f"{build}): use 'cpu', or 'auto' to take a GPU only where there is one."
+            )
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise ModelLoadError(
+                f"Device {str(dev)!r} does not exist: this machine has {count} CUDA "
+                f"device(s), cuda:0..cuda:{count - 1}."
+            )
+    elif dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ModelLoadError("Device 'mps' is not available here: use 'cpu' or 'auto'.")
+    elif dev.type == "xpu":
+        xpu = getattr(torch, "xpu", None)
+        if xpu is None or not xpu.is_available():
+            raise ModelLoadError(f"Device {str(dev)!r} is not available here: use 'cpu' or 'auto'.")
+
+
 _DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -574,10 +600,31 @@ def _tqdm_progress(desc: str) -> tuple[Progress, Callable[[], None]]:
 
     def update(fraction: float, message: str) -> None:
         bar.set_description_str(message[:60])
-        bar.n = int(round(100 * fraction))
+        bar.n = int(round(100 * min(max(fraction, 0.0), 1.0)))
         bar.refresh()
 
     return update, bar.close
+
+
+def progress_reporter(
+    progress: Progress | bool | None, desc: str
+) -> tuple[Progress, Callable[[], None] | None]:
+    """``(report(fraction, message), close)`` for the ``progress`` argument of the public API.
+
+    ``progress`` is a ``progress(fraction in [0, 1], message)`` callback, True (a tqdm bar on
+    stderr titled ``desc``, which ``close()`` removes) or None / False (silent); ``close`` is
+    None unless a bar was made.
+    """
+    if progress is True:
+        return _tqdm_progress(desc)
+    if progress is None or progress is False:
+        return (lambda fraction, message: None), None
+    if callable(progress):
+        return progress, None
+    raise TypeError(
+        "progress must be a callback progress(fraction, message), True (a progress bar) or "
+        f"None, got {type(progress).__name__}"
+    )
 
 
 def load_model(
@@ -619,12 +666,11 @@ def load_model(
         )
     spec = spec.strip()
     dev = _resolve_device(device)
+    if device_map is None:
+        _check_available(dev)
     torch_dtype = _resolve_dtype(dtype, dev, device_map)
-    close: Callable[[], None] | None = None
-    if progress is True:
-        progress, close = _tqdm_progress("Loading model")
-    elif progress is False:
-        progress = None
+    report, close = progress_reporter(progress, "Loading model")
+    progress = None if progress is None or progress is False else report
     from transformers.utils import logging as hf_logging
 
     # Without a progress reporter, keep transformers' own weight-loading bars quiet too.

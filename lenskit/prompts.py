@@ -81,6 +81,25 @@ def special_token_ids(tokenizer: Any) -> set[int]:
     return ids
 
 
+def check_text(what: str, text: Any) -> str:
+    """``text`` if it is a str that encodes as UTF-8, else :class:`PromptError` naming ``what``.
+
+    Command-line arguments that are not UTF-8 reach Python as lone surrogates (``"\\udcff"``),
+    which tokenizers reject with an obscure TypeError.
+    """
+    if not isinstance(text, str):
+        raise PromptError(f"The {what} must be text (a str), got {type(text).__name__}.")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = text[exc.start : exc.end]
+        raise PromptError(
+            f"The {what} is not valid UTF-8 text (it holds {bad!r} at character {exc.start}): "
+            "re-encode it as UTF-8."
+        ) from None
+    return text
+
+
 def _messages(prompt: str | Sequence[dict[str, str]], system: str | None) -> list[dict[str, str]]:
     if isinstance(prompt, str):
         messages = [{"role": "user", "content": prompt}]
@@ -193,13 +212,23 @@ def encode_prompt(
             prompt with ``chat=False``, or a template that rejects the messages.
     """
     if isinstance(prompt, str):
-        content = prompt
+        content = check_text("prompt", prompt)
     else:
+        if not isinstance(prompt, Sequence) or not all(isinstance(m, dict) for m in prompt):
+            raise PromptError(
+                "The prompt must be text (a str) or a list of chat messages "
+                f"{{'role': ..., 'content': ...}}, got {type(prompt).__name__}."
+            )
         if not chat:
             raise PromptError("A list of chat messages needs chat=True.")
         if not prompt:
             raise PromptError("The prompt is empty: give at least one message.")
-        content = str(prompt[-1].get("content", ""))
+        for i, message in enumerate(prompt):
+            check_text(f"role of message {i}", message.get("role"))
+            check_text(f"content of message {i}", message.get("content"))
+        content = prompt[-1]["content"]
+    if system is not None:
+        check_text("system prompt", system)
     if not content.strip():
         raise PromptError("The prompt is empty (or only whitespace): type some text.")
     if system is not None and not chat:

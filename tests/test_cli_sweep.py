@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 import lenskit
-from lenskit.__main__ import _layer_list, main
+from lenskit.__main__ import _layer_list, _position_spec, main
 
 PROMPT = "What is the capital of Australia?"
 
@@ -15,6 +15,12 @@ PROMPT = "What is the capital of Australia?"
 def test_layer_list_parses_ranges():
     assert _layer_list("0,15-17,27") == [0, 15, 16, 17, 27]
     assert _layer_list("3") == [3]
+
+
+def test_position_spec_parses_ranges():
+    assert _position_spec("30-32,35") == [30, 31, 32, 35]
+    assert _position_spec("template") == "template"
+    assert _position_spec("all-prompt") == "all-prompt"
 
 
 def test_sweep_json(tiny_model_dir, tmp_path, capsys):
@@ -57,6 +63,10 @@ def test_sweep_png(tiny_model_dir, tmp_path):
         (["--raw"], "no template tokens"),  # default --positions template would sweep nothing
         (["--seed", "-1"], ">= 0"),
         (["--positions", "9999"], "9999"),
+        (["--positions", ""], "selects no position"),
+        (["--positions", " , "], "selects no position"),
+        (["--positions", "5-3"], "position range '5-3' runs backwards"),
+        (["--positions", "templat"], "'template' / 'all-prompt'"),
         (["--intervention", "zap"], "zap"),
     ],
 )

@@ -238,14 +238,47 @@ def test_noise_at_a_position_does_not_depend_on_the_others(tok, llama):
 
 
 def test_progress_reports_every_layer(tok, llama):
+    """progress(fraction, message) as in run_lens: generation, then each batch of blocks."""
     calls = []
-    intervention_sweep(llama, tok, PROMPT, batch_size=2, progress=lambda d, t: calls.append((d, t)))
-    assert calls == [(2, 3), (3, 3)]
+    intervention_sweep(llama, tok, PROMPT, batch_size=2, progress=lambda f, m: calls.append((f, m)))
+    assert calls == [
+        (0.0, "Generating 5 tokens"),
+        (0.0, "Clean run"),
+        (2 / 3, "Swept 2/3 blocks"),
+        (1.0, "Swept 3/3 blocks"),
+    ]
     calls.clear()
     intervention_sweep(
-        llama, tok, PROMPT, strategy="sequential", progress=lambda d, t: calls.append((d, t))
+        llama, tok, PROMPT, strategy="sequential", progress=lambda f, m: calls.append((f, m))
     )
-    assert calls == [(1, 3), (2, 3), (3, 3)]
+    assert [f for f, _ in calls[2:]] == [1 / 3, 2 / 3, 1.0]
+
+
+def test_progress_bar(tok, llama, capsys):
+    """progress=True draws a tqdm bar on stderr, as run_lens and load_model do."""
+    intervention_sweep(llama, tok, PROMPT, max_new_tokens=2, progress=True)
+    assert "Swept 3/3 blocks" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "pattern"),
+    [
+        ({"progress": "yes"}, "progress must be a callback"),
+        ({"seed": -1}, "seed"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"strategy": "fast"}, "strategy"),
+        ({"intervention": "zap"}, "zap"),
+    ],
+)
+def test_options_are_checked_before_generating(tok, llama, monkeypatch, kwargs, pattern):
+    import lenskit.interventions as interventions
+
+    def no_generation(*args, **kw):
+        raise AssertionError("generated before checking the options")
+
+    monkeypatch.setattr(interventions, "greedy_generate", no_generation)
+    with pytest.raises((ValueError, TypeError), match=pattern):
+        intervention_sweep(llama, tok, PROMPT, **kwargs)
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma2", "gpt2"])
@@ -416,7 +449,9 @@ def test_sweep_result_roundtrip_and_frame(tok, llama):
     assert len(frame) == 3 * 5
     assert frame["gen_label"].tolist()[:5] == ["Gen0", "Gen1", "Gen2", "Gen3", "Gen4"]
     np.testing.assert_array_equal(frame["kl"].to_numpy().reshape(3, 5), res.kl)
-    assert (frame["position"].iloc[:5] == res.n_prompt - 1 + np.arange(5)).all()
+    assert (frame["predicting_position"].iloc[:5] == res.n_prompt - 1 + np.arange(5)).all()
+    positions = ",".join(str(t) for t in res.positions)
+    assert (frame["intervened_positions"] == positions).all() and (frame["seed"] == 2).all()
     assert res.gen_labels == ["Gen0", "Gen1", "Gen2", "Gen3", "Gen4"]
 
 
@@ -480,6 +515,44 @@ def test_layer_pairwise_kl(tok, llama):
 def test_layer_pairwise_kl_bad_position(tok, llama, position):
     with pytest.raises(PositionSelectionError):
         layer_pairwise_kl(llama, tok, PROMPT, position)
+
+
+def test_generation_may_fill_the_context_exactly(tok, llama):
+    """The last generated token is never fed back: prompt + new - 1 tokens may fill the
+    context (128 here), one more may not."""
+    from lenskit.interventions import GenerationLengthError
+
+    ctx = llama.config.max_position_embeddings
+    prompt = next(
+        p for k in range(40, 200) if 80 <= len(tok(p := "capital " * k)["input_ids"]) <= 100
+    )
+    n_prompt = len(tok(prompt)["input_ids"])
+    fits = ctx + 1 - n_prompt
+    res = intervention_sweep(
+        llama, tok, prompt, chat=False, positions=[1], max_new_tokens=fits, layers=[0]
+    )
+    assert res.n_prompt == n_prompt
+    with pytest.raises(GenerationLengthError, match=f"read {ctx + 1}, more than its context"):
+        intervention_sweep(
+            llama, tok, prompt, chat=False, positions=[1], max_new_tokens=fits + 1, layers=[0]
+        )
+
+
+def test_chat_messages_keep_the_users_text_as_prompt(tok, llama):
+    """A list of chat messages is accepted like run_lens does; .prompt is the user's text."""
+    messages = [{"role": "user", "content": PROMPT}]
+    sweep = intervention_sweep(llama, tok, messages, max_new_tokens=2, layers=[0])
+    gen, _ = lens_on_generation(llama, tok, messages, max_new_tokens=2)
+    assert sweep.prompt == gen.prompt == PROMPT
+    np.testing.assert_array_equal(
+        sweep.kl, intervention_sweep(llama, tok, PROMPT, max_new_tokens=2, layers=[0]).kl
+    )
+
+
+def test_mean_error_elides_long_position_lists(tok, llama):
+    with pytest.raises(PositionSelectionError, match=r"\.\.\., .*\(\d+ indices\)") as info:
+        intervention_sweep(llama, tok, PROMPT, positions="all-prompt", intervention="mean")
+    assert len(str(info.value)) < 300
 
 
 def test_layer_pairwise_kl_prompt_beyond_context(tok, llama):

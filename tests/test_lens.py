@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import json
+import re
 
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ import torch
 from conftest import FAMILIES, make_chatml_tokenizer, make_plain_tokenizer, make_tiny_model
 
 import lenskit
-from lenskit.lens import LensResult, TargetError, _topk, layer_names
+from lenskit.lens import LensResult, TargetError, _topk, layer_names, target_token_id
 from lenskit.prompts import PromptError
 
 PROMPT = "What is the capital of Australia?"
@@ -144,6 +146,14 @@ def test_progress_callback(llama, tok):
         ({"top_k": 10**6}, ValueError, "top_k"),
         ({"chunk_size": 0}, ValueError, "chunk_size"),
         ({"chat": False, "system": "x"}, PromptError, "system"),
+        # Command-line bytes that are not UTF-8 arrive as lone surrogates.
+        ({"prompt": "hi \udcff"}, PromptError, "not valid UTF-8 .* character 3"),
+        ({"system": "\udcfe"}, PromptError, "system prompt is not valid UTF-8"),
+        ({"target": "\udcff"}, TargetError, "target is not valid UTF-8"),
+        ({"prompt": 123}, PromptError, "must be text .* got int"),
+        ({"prompt": [{"role": "user", "content": None}]}, PromptError, "content of message 0"),
+        ({"target": 3.0}, TargetError, "must be text .* got float"),
+        ({"target": True}, TargetError, "got bool"),
     ],
 )
 def test_bad_inputs(llama, tok, kwargs, error, pattern):
@@ -156,6 +166,27 @@ def test_target_message_shows_tokenization(llama, tok):
     with pytest.raises(TargetError) as info:
         lenskit.run_lens(llama, tok, PROMPT, target="Canberra!!")
     assert "Canberra!!" in str(info.value) and "[" in str(info.value)
+
+
+@pytest.mark.parametrize("target", ["Canberra!!", " Canberrazz", "\U0001f998 x"])
+def test_target_message_suggests_a_piece_that_works(llama, tok, target):
+    """The first piece the message offers is accepted as a target and is the first token."""
+    with pytest.raises(TargetError) as info:
+        target_token_id(tok, target)
+    suggested = re.search(r"the first piece is ('.*?'|\".*?\") if", str(info.value))
+    assert suggested, str(info.value)
+    piece = ast.literal_eval(suggested.group(1))
+    assert target_token_id(tok, piece) == tok.encode(target, add_special_tokens=False)[0]
+
+
+def test_target_by_vocabulary_spelling(tok):
+    """A vocabulary entry (byte-level "\u0120Canberra", part of an emoji) names its own id."""
+    emoji_ids = tok.encode("\U0001f998", add_special_tokens=False)
+    assert len(emoji_ids) > 1
+    for tid in [tok.encode(" Canberra", add_special_tokens=False)[0], emoji_ids[0]]:
+        spelling = tok.convert_ids_to_tokens(tid)
+        assert tok.encode(spelling, add_special_tokens=False) != [tid]
+        assert target_token_id(tok, spelling) == tid
 
 
 def test_chat_without_template_errors(llama):
@@ -189,6 +220,7 @@ def test_json_round_trip_and_frame(llama, tok):
         frame.columns
     )
     assert frame["is_template"].sum() == res.n_rows * len(res.template_positions)
+    assert (frame["target"] == " Canberra").all() and (frame["target_id"] == res.target_id).all()
 
 
 def test_blocked_topk_matches_torch():

@@ -252,6 +252,27 @@ def test_move_errors_are_load_errors(tiny_model_dir, monkeypatch):
             lenskit.load_model(str(tiny_model_dir))
 
 
+def test_missing_device_fails_before_the_load(tiny_model_dir, monkeypatch):
+    """A device this machine lacks is refused at once, not after loading the weights."""
+    import lenskit.models as models
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the device was checked")
+
+    monkeypatch.setattr(models, "_load_any", no_load)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for device in ("cuda", "cuda:1"):
+        with pytest.raises(ModelLoadError, match=f"'{device}' is not available here"):
+            lenskit.load_model(str(tiny_model_dir), device=device)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ModelLoadError, match="'cuda:2' does not exist: .* 2 CUDA device"):
+        lenskit.load_model(str(tiny_model_dir), device="cuda:2")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ModelLoadError, match="'mps' is not available"):
+        lenskit.load_model(str(tiny_model_dir), device="mps")
+
+
 def test_device_auto_and_dtype(tiny_model_dir):
     model, _ = lenskit.load_model(str(tiny_model_dir), device="auto", dtype="bfloat16")
     assert model.dtype == torch.bfloat16
