@@ -187,22 +187,49 @@ def _result() -> LensResult | None:
     return st.session_state.get("lens_result")
 
 
-def _set_result(text: str) -> None:
-    """Store a new lens result and reset what was chosen for the previous one.
+def _chart_key(name: str) -> str:
+    """The widget key of the chart ``name`` ("overview_chart", "detail_chart") this run."""
+    generation = st.session_state.get(f"{name}_generation", 0)
+    return name if generation == 0 else f"{name}_{generation}"
 
-    Positions are indices into the old prompt's tokens: the detail range, the drill-down and
-    the layer x layer KL position go back to their defaults (writing a widget's state also
-    sends its new label to the browser, which otherwise keeps showing the old token). Sweep
-    messages were about the old prompt and go too.
+
+def _clear_selection(name: str) -> None:
+    """Forget the chart's brush / click: a new key remounts it with no selection.
+
+    A chart's on_select fires only when its selection changes, so after the slider or the
+    Position box moved away from what was brushed / clicked, the same brush / click again
+    would do nothing (QA).
+    """
+    key = f"{name}_generation"
+    st.session_state[key] = st.session_state.get(key, 0) + 1
+
+
+def _set_result(text: str) -> None:
+    """Store a new lens result; reset what was chosen for the previous one if its tokens differ.
+
+    Positions are indices into the prompt's tokens: for another token sequence the detail
+    range, the drill-down and the layer x layer KL position go back to their defaults
+    (writing a widget's state also sends its new label to the browser, which otherwise keeps
+    showing the old token), and sweep messages about the old prompt go too. A run on the same
+    tokens (another target or top-k) keeps them, so two targets compare at one position.
     """
     result = LensResult.from_json(text)
     ss = st.session_state
+    old = ss.get("lens_result")
     ss["lens_json"] = text
     ss["lens_result"] = result
+    if old is not None and (old.model_name, old.token_ids.tolist()) == (
+        result.model_name,
+        result.token_ids.tolist(),
+    ):
+        return
     ss["detail_range"] = charts.default_detail_range(result)
     ss["drill_pos"] = result.n_positions - 1
     ss["pair_pos"] = result.n_positions - 1
     ss["sweep_messages"] = []
+    if old is not None:  # its charts' selections point at the old tokens
+        _clear_selection("overview_chart")
+        _clear_selection("detail_chart")
 
 
 def _range_error(name: str, value: Any, lo: int, hi: int) -> str | None:
@@ -223,14 +250,24 @@ def _position_label(result: LensResult, p: int) -> str:
     return f"{p}: {format_token(str(result.tokens[p]), 24)}"
 
 
-def _position_select(result: LensResult, key: str, format_func: Callable[[int], str]) -> int:
+def _position_select(
+    result: LensResult,
+    key: str,
+    format_func: Callable[[int], str],
+    on_change: Callable[[], None] | None = None,
+) -> int:
     """A "Position" selectbox over the prompt, its state in ``key`` (the last position when
     the state does not fit this result)."""
     t = result.n_positions
     if st.session_state.get(key) not in range(t):
         st.session_state[key] = t - 1
     return st.selectbox(
-        "Position", list(range(t)), key=key, format_func=format_func, persist_state="page"
+        "Position",
+        list(range(t)),
+        key=key,
+        format_func=format_func,
+        persist_state="page",
+        on_change=on_change,
     )
 
 
@@ -251,6 +288,8 @@ def _apply_example() -> None:
         prompt, chat, target = EXAMPLES[choice]
         st.session_state.update(prompt=prompt, chat=chat, target=target, system="")
         st.session_state["run_requested"] = True
+    # Back to the placeholder, so that picking the same example again fires again (QA).
+    st.session_state["example"] = None
 
 
 def sidebar() -> tuple[LensRequest, bool]:
@@ -260,7 +299,7 @@ def sidebar() -> tuple[LensRequest, bool]:
         st.caption("Logit lens: what every layer predicts at every position.")
         st.caption(
             f"Device: {_md_escape(app_device())} (set `LENSKIT_DEVICE` to choose: cpu, cuda, "
-            "cuda:N, mps)"
+            "cuda:N, mps, auto)"
         )
         st.selectbox(
             "Example prompts",
@@ -315,7 +354,8 @@ def sidebar() -> tuple[LensRequest, bool]:
         chat=bool(ss["chat"]),
         system=ss["system"] if ss["system"].strip() else None,
         top_k=int(ss["top_k"]),
-        target=ss["target"] if ss["target"].strip() else None,
+        # " " is a token too: only an empty field means no target.
+        target=ss["target"] if ss["target"] != "" else None,
     )
     run_now = submitted or ss.pop("run_requested", False)
     return request, bool(run_now)
@@ -396,7 +436,7 @@ def _compute(request: LensRequest, system: str | None, status: Any) -> str | Non
 
 def _on_brush() -> None:
     """Brushing the overview sets the detail range (the slider's state)."""
-    event = st.session_state.get("overview_chart") or {}
+    event = st.session_state.get(_chart_key("overview_chart")) or {}
     positions = charts.selected_positions(event.get("selection", {}).get("brush", {}))
     if positions:
         st.session_state["detail_range"] = (positions[0], positions[-1])
@@ -404,7 +444,7 @@ def _on_brush() -> None:
 
 def _on_pick() -> None:
     """Clicking a cell in the detail view selects its position for the drill-down."""
-    event = st.session_state.get("detail_chart") or {}
+    event = st.session_state.get(_chart_key("detail_chart")) or {}
     positions = charts.selected_positions(event.get("selection", {}).get("pick", []))
     if positions:
         st.session_state["drill_pos"] = positions[0]
@@ -458,12 +498,13 @@ def lens_tab() -> None:
     if result is None:
         st.info("Type a prompt in the sidebar and press **Run logit lens**.")
         return
-    if st.session_state.get("messages"):
+    if any(level == "error" for level, _ in st.session_state.get("messages", [])):
         st.caption("Showing the last good result.")
 
     chat = "chat template" if result.chat else "raw text"
     st.caption(
-        f"Model: {_md_escape(result.model_name or '?')} \u00b7 {result.n_positions} tokens "
+        f"Model: {_md_escape(result.model_name or '?')} \u00b7 {result.n_positions} "
+        f"token{'s' if result.n_positions != 1 else ''} "
         f"({chat}) \u00b7 {result.n_rows} read-outs (emb, blocks 1\u2013{result.n_rows - 2}, "
         f"out) \u00b7 V = {result.vocab_size}"
     )
@@ -500,7 +541,7 @@ def lens_tab() -> None:
     )
     st.altair_chart(
         overview,
-        key="overview_chart",
+        key=_chart_key("overview_chart"),
         on_select=_on_brush,
         selection_mode="brush",
         theme=None,
@@ -513,6 +554,8 @@ def lens_tab() -> None:
             max_value=t - 1,
             key="detail_range",
             persist_state="page",
+            on_change=_clear_selection,
+            args=("overview_chart",),
         )
     if hi > shown_hi:
         st.info(
@@ -530,7 +573,7 @@ def lens_tab() -> None:
     detail = charts.lens_heatmap(result, metric, positions=range(lo, shown_hi + 1), click=True)
     st.altair_chart(
         detail,
-        key="detail_chart",
+        key=_chart_key("detail_chart"),
         on_select=_on_pick,
         selection_mode="pick",
         theme=None,
@@ -538,7 +581,12 @@ def lens_tab() -> None:
     )
 
     st.subheader("Drill-down")
-    pos = _position_select(result, "drill_pos", lambda p: _position_label(result, p))
+    pos = _position_select(
+        result,
+        "drill_pos",
+        lambda p: _position_label(result, p),
+        on_change=lambda: _clear_selection("detail_chart"),
+    )
     table_col, chart_col = st.columns([5, 6])
     with table_col:
         table = charts.position_table(result, pos)
@@ -739,7 +787,9 @@ def _sweep_form(lens: LensResult) -> bool:
             list(range(n_blocks)),
             key="sweep_layers",
             persist_state="page",
-            help=f"0-based decoder blocks 0..{n_blocks - 1}; one sweep row each.",
+            help=f"0-based decoder blocks 0..{n_blocks - 1}; one sweep row each. Block l's "
+            "output is row l + 1 of the logit-lens tab (emb is row 0), so intervening at "
+            "block l changes rows l + 1 .. out there.",
         )
         left, middle, right = st.columns([2, 3, 3])
         with left:

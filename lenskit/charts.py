@@ -56,6 +56,20 @@ DEFAULT_DETAIL_WIDTH = 12
 
 #: Most pixels of the detail view's title and subtitle (wider than any narrow plot).
 DETAIL_TITLE_LIMIT = 900
+#: Pixels the detail view's cells may take together before they shrink (from 62 px each down
+#: to DETAIL_MIN_CELL): 40 positions then stay in a ~1000 px column with their legend.
+DETAIL_CELLS_BUDGET = 880
+DETAIL_MAX_CELL = 62
+DETAIL_MIN_CELL = 22
+#: Top-k entries a cell's tooltip lists; the drill-down table and the exports keep all k (a
+#: top-50 tooltip was taller than the window).
+TOOLTIP_TOP_K = 10
+#: Pixels the sweep / generation heatmaps' cells may take together (axes and legend come on
+#: top, ~200 px).
+GEN_CELLS_BUDGET = 850
+#: Least plot height of the generation heatmaps: a 1-4 block sweep kept its axis title and
+#: colour legend cut or overlapping at 26 px per row.
+MIN_PLOT_HEIGHT = 110
 
 TEMPLATE_COLOR = "#7b2ff7"  # template ("dummy") tokens: box and axis labels (purple)
 #: The detail range, boxed in the overview: black dashes over a white line (a "marquee"),
@@ -265,17 +279,30 @@ def _cell_frame(result: LensResult, metric: Metric, pos: np.ndarray, detail: boo
         data["dark"] = _text_dark_mask(norm)
         data["entropy"] = result.entropy[:, pos].ravel()
         data["kl_to_final"] = result.kl_to_final[:, pos].ravel()
-        for j in range(result.top_k):
+        for j in range(min(result.top_k, TOOLTIP_TOP_K)):
             toks = result.top_tokens[:, pos, j].ravel()
             probs = result.top_probs[:, pos, j].ravel()
             data[f"top{j + 1}_text"] = [
                 f"{format_token(str(s), 24)}  {format_prob(p)}"
                 for s, p in zip(toks, probs, strict=True)
             ]
+        if result.top_k > TOOLTIP_TOP_K:
+            data["more"] = f"{result.top_k - TOOLTIP_TOP_K} more in the drill-down table"
         if result.target_prob is not None:
             data["target_prob"] = result.target_prob[:, pos].ravel()
             data["target_rank"] = display_rank(result.target_rank[:, pos].ravel())
     return pd.DataFrame(data)
+
+
+def _top_k_tooltip(result: LensResult) -> list[Any]:
+    """Tooltip lines top 1..top min(k, TOOLTIP_TOP_K), then how many more there are."""
+    lines: list[Any] = [
+        alt.Tooltip(f"top{j + 1}_text:N", title=f"top {j + 1}")
+        for j in range(min(result.top_k, TOOLTIP_TOP_K))
+    ]
+    if result.top_k > TOOLTIP_TOP_K:
+        lines.append(alt.Tooltip("more:N", title=f"top {TOOLTIP_TOP_K + 1}..{result.top_k}"))
+    return lines
 
 
 def _label_expr(result: LensResult, pos: np.ndarray, max_len: int) -> str:
@@ -384,7 +411,11 @@ def lens_heatmap(
     if cell_height is None:
         cell_height = 18 if labels else max(5, min(12, 260 // max(r, 1)))
     if cell_width is None:
-        cell_width = 62 if labels else max(4, min(28, 1100 // max(pos.size, 1)))
+        if labels:
+            per_cell = DETAIL_CELLS_BUDGET // max(pos.size, 1)
+            cell_width = max(DETAIL_MIN_CELL, min(DETAIL_MAX_CELL, per_cell))
+        else:
+            cell_width = max(4, min(28, 1100 // max(pos.size, 1)))
     # Detail: the plot is exactly ``cell_width`` per position, the axes, legend and title are
     # drawn around it (autosize "pad" below), so a narrow range keeps readable cells. The
     # overview is stretched to the container (fit-x), so its width is only a starting size.
@@ -462,9 +493,7 @@ def lens_heatmap(
                     alt.Tooltip("target_prob:Q", title=f"p({target})", format=PROB_FORMAT)
                 )
             tooltip.append(alt.Tooltip("target_rank:Q", title=f"target rank ({RANK_CONVENTION})"))
-        tooltip += [
-            alt.Tooltip(f"top{j + 1}_text:N", title=f"top {j + 1}") for j in range(result.top_k)
-        ]
+        tooltip += _top_k_tooltip(result)
     else:
         tooltip.append(alt.Tooltip("top1:N", title="top-1 token"))
 
@@ -608,7 +637,11 @@ def position_drilldown_chart(
             color=alt.Color(
                 "series:N",
                 title=None,
-                scale=alt.Scale(domain=["top-1", target_name], range=["#888888", "#d62728"]),
+                scale=(
+                    alt.Scale(domain=["top-1", target_name], range=["#888888", "#d62728"])
+                    if result.target_prob is not None
+                    else alt.Scale(domain=["top-1"], range=["#888888"])
+                ),
                 legend=alt.Legend(orient="top"),
             ),
             tooltip=[
@@ -920,7 +953,7 @@ def sweep_heatmap(
         raise ValueError(f"kl_max must be a number of nats above {lo:g}, got {kl_max!r}")
     n_l, g = result.kl.shape
     if cell_width is None:
-        cell_width = max(14, min(86, 1100 // max(g, 1)))
+        cell_width = max(14, min(86, GEN_CELLS_BUDGET // max(g, 1)))
     if cell_height is None:
         cell_height = max(8, min(26, 620 // max(n_l, 1)))
     max_label = (cell_width - 6) // 7 if cell_height >= 14 else 0
@@ -940,7 +973,7 @@ def sweep_heatmap(
         title="intervened block",
         axis=alt.Axis(**y_axis),
     )
-    height = cell_height * max(n_l, 1)
+    height = max(cell_height * max(n_l, 1), MIN_PLOT_HEIGHT)
     colour = alt.Color(
         "colour:Q",
         scale=alt.Scale(
@@ -1035,7 +1068,7 @@ def generation_lens_heatmap(
     frame["gen_label"] = [labels[int(p) - (n_prompt - 1)] for p in frame["position"]]
     r = result.n_rows
     if cell_width is None:
-        cell_width = max(14, min(70, 1100 // max(g, 1)))
+        cell_width = max(14, min(70, GEN_CELLS_BUDGET // max(g, 1)))
     if cell_height is None:
         cell_height = max(8, min(18, 620 // max(r, 1)))
     lo, hi = spec.domain(result.vocab_size)
@@ -1045,7 +1078,7 @@ def generation_lens_heatmap(
     if cell_height < 12 and r > 16:
         y_axis["values"] = ["emb", "out", *(str(i) for i in range(5, r - 1, 5))]
     y = alt.Y("layer:N", sort=layer_order, title="layer (read-out)", axis=alt.Axis(**y_axis))
-    height = cell_height * r
+    height = max(cell_height * r, MIN_PLOT_HEIGHT)
     colour = alt.Color(
         "colour:Q",
         scale=alt.Scale(
@@ -1064,7 +1097,7 @@ def generation_lens_heatmap(
         alt.Tooltip("layer:N", title="layer"),
         alt.Tooltip("entropy:Q", title="entropy (nats)", format=".3f"),
         alt.Tooltip("kl_to_final:Q", title="KL(out || layer) (nats)", format=".3f"),
-        *(alt.Tooltip(f"top{j + 1}_text:N", title=f"top {j + 1}") for j in range(result.top_k)),
+        *_top_k_tooltip(result),
     ]
     base = alt.Chart(frame)
     layers: list[Any] = [

@@ -10,6 +10,7 @@ brush callback writes; the real brush is exercised in test_browser.py.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -35,7 +36,8 @@ def charts_of(at: AppTest) -> dict[str, dict]:
     for element in at.get("vega_lite_chart"):
         spec = json.loads(element.proto.spec)
         if element.proto.id:  # charts with selections are widgets: their id ends in the key
-            out[element.proto.id.rsplit("-", 1)[-1]] = spec
+            key = element.proto.id.rsplit("-", 1)[-1]
+            out[re.sub(r"_\d+$", "", key)] = spec  # app._chart_key: "detail_chart_2"
         elif "vconcat" in spec:
             out["drill_chart"] = spec
     return out
@@ -355,6 +357,66 @@ def test_system_prompt_without_chat_is_ignored_with_warning(app: AppTest) -> Non
     assert_usable(app)
     assert any("system prompt" in w.value.lower() for w in app.warning)
     assert not app.session_state["lens_result"].chat
+    # QA: a warning alone said "Showing the last good result." under the new result.
+    assert not any("last good result" in c.value for c in app.caption)
+    submit(app, prompt="")
+    assert any("last good result" in c.value for c in app.caption)
+
+
+def chart_keys(at: AppTest) -> set[str]:
+    return {e.proto.id.rsplit("-", 1)[-1] for e in at.get("vega_lite_chart") if e.proto.id}
+
+
+def test_same_tokens_keep_range_and_drilldown(app: AppTest) -> None:
+    """Another target or top-k on the same tokens keeps the detail range, the drill-down and
+    the charts' selections (QA: they reset, so two targets could not be compared at one
+    position); another prompt resets them."""
+    app.slider(key="detail_range").set_value((2, 6)).run()
+    app.selectbox(key="drill_pos").set_value(4).run()
+    keys = chart_keys(app)
+    submit(app, target=" capital", top_k=4)
+    assert_usable(app)
+    assert not app.error
+    assert app.session_state["lens_result"].target == " capital"
+    assert app.session_state["detail_range"] == (2, 6) and app.session_state["drill_pos"] == 4
+    assert detail_positions(app) == [2, 3, 4, 5, 6]
+    assert chart_keys(app) == keys
+    submit(app, prompt="The quick brown fox jumps over the lazy dog.", chat=False, target="")
+    t = app.session_state["lens_result"].n_positions
+    assert app.session_state["drill_pos"] == t - 1
+    assert chart_keys(app).isdisjoint(keys - {"drill_chart"})  # selections of old tokens gone
+
+
+def test_moving_a_widget_clears_the_chart_selection(app: AppTest) -> None:
+    """A chart's on_select fires only when its selection changes: after the Position box (or
+    the slider) moved away from the clicked (brushed) cell, clicking it again must count, so
+    the chart is remounted with no selection (QA: the second click did nothing)."""
+    keys = chart_keys(app)
+    assert {"overview_chart", "detail_chart"} <= keys
+    app.selectbox(key="drill_pos").set_value(2).run()
+    after_pick = chart_keys(app)
+    assert "overview_chart" in after_pick and "detail_chart" not in after_pick
+    assert any(k.startswith("detail_chart_") for k in after_pick)
+    app.slider(key="detail_range").set_value((1, 5)).run()
+    assert not any(k == "overview_chart" for k in chart_keys(app))
+    assert detail_positions(app) == [1, 2, 3, 4, 5]
+
+
+def test_same_example_twice(app: AppTest) -> None:
+    """Picking the example that was picked last time runs it again (QA: nothing happened)."""
+    app.selectbox(key="example").set_value("Counting (raw text)").run()
+    submit(app, prompt="The quick brown fox", target="")
+    assert app.session_state["lens_result"].prompt == "The quick brown fox"
+    app.selectbox(key="example").set_value("Counting (raw text)").run()
+    assert_usable(app)
+    assert app.session_state["lens_result"].prompt.startswith("one, two, three")
+
+
+def test_space_is_a_target(app: AppTest) -> None:
+    """ " " is a token: only an empty field means no target."""
+    submit(app, prompt="one two three", chat=False, target=" ")
+    assert_usable(app)
+    assert app.session_state["lens_result"].target == " "
 
 
 def test_user_text_is_never_rendered(app: AppTest) -> None:

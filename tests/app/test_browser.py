@@ -201,6 +201,22 @@ def test_app_in_chromium(chromium: str, app_url: str, tmp_path: Path) -> None:
         assert drill.input_value() != before, "clicking a detail cell did not drill down"
         assert page.locator("[data-testid='stException']").count() == 0
 
+        # move the Position box elsewhere, then click the same cell again: the drill-down
+        # follows the click again (QA: the chart's selection had not changed, so nothing fired)
+        clicked = drill.input_value()
+        drill.click()
+        page.keyboard.type("0:")
+        page.keyboard.press("Enter")
+        wait_changed(page, drill.input_value, clicked)
+        moved = drill.input_value()
+        assert moved.startswith("0:"), moved
+        page.wait_for_timeout(1000)  # the detail chart is remounted (no selection)
+        box = charts.nth(1).locator("canvas, svg.marks").first.bounding_box()
+        assert box is not None
+        page.mouse.click(box["x"] + box["width"] * 0.35, box["y"] + box["height"] * 0.5)
+        wait_changed(page, drill.input_value, moved)
+        assert drill.input_value() == clicked, "a second click on the same cell did nothing"
+
         # at a 1280 px window the drill-down chart (two stacked panels) fits its narrow
         # column: nothing is cut off (side by side, the rank panel was)
         page.set_viewport_size({"width": 1280, "height": 1000})
@@ -217,7 +233,8 @@ def test_app_in_chromium(chromium: str, app_url: str, tmp_path: Path) -> None:
         wait_idle(page)
 
 
-DETAIL = ".st-key-detail_chart [data-testid='stVegaLiteChart']"
+# app._chart_key adds "_N" to the key after a selection reset.
+DETAIL = "[class*='st-key-detail_chart'] [data-testid='stVegaLiteChart']"
 
 
 def plot_run_width(png: bytes) -> int:

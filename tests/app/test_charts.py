@@ -311,10 +311,35 @@ def test_position_table_and_drilldown() -> None:
     spec = charts.chart_spec(charts.position_drilldown_chart(result, 13))
     assert len(spec["vconcat"]) == 2
     assert "rank" in json.dumps(spec["vconcat"][1]["encoding"]["y"])
+    assert spec["vconcat"][0]["encoding"]["color"]["scale"]["domain"] == [
+        "top-1",
+        "target \u2423Canberra",
+    ]
     no_target = charts.chart_spec(charts.position_drilldown_chart(make_result(target=False), 0))
     assert "entropy" in json.dumps(no_target["vconcat"][1]["encoding"]["y"])
+    # QA: the legend read "top-1, target None" without a target.
+    assert no_target["vconcat"][0]["encoding"]["color"]["scale"]["domain"] == ["top-1"]
     with pytest.raises(ValueError):
         charts.position_table(result, 99)
+
+
+@pytest.mark.parametrize("k", [3, charts.TOOLTIP_TOP_K, 50])
+def test_tooltip_lists_at_most_ten_top_tokens(k: int) -> None:
+    """QA: a top-50 tooltip was 1336 px tall, its top off-screen. It lists 10 and says how
+    many more the drill-down table holds; the table keeps all k."""
+    result = make_result(k=k)
+    detail = charts.chart_spec(charts.lens_heatmap(result, positions=range(10, 14)))
+    rect = next(layer for layer in detail["layer"] if layer["mark"]["type"] == "rect")
+    titles = [t["title"] for t in rect["encoding"]["tooltip"]]
+    shown = min(k, charts.TOOLTIP_TOP_K)
+    assert [t for t in titles if t.startswith("top ")] == [
+        *(f"top {j + 1}" for j in range(shown)),
+        *([f"top 11..{k}"] if k > shown else []),
+    ]
+    cell = data_values(detail)[0]
+    assert (f"top{shown + 1}_text" in cell) is False
+    assert cell.get("more") == (f"{k - shown} more in the drill-down table" if k > shown else None)
+    assert f"top {k}" in charts.position_table(result, 13).columns
 
 
 def test_drilldown_fits_a_narrow_column() -> None:
@@ -488,12 +513,16 @@ def test_detail_export_renders_full_cells(n: int) -> None:
     assert abs(png_width - total) <= 2
 
 
-def test_detail_wide_range_keeps_its_cells() -> None:
-    """Wide ranges keep 62 px cells (up to DETAIL_MAX_POSITIONS columns), as before."""
+def test_detail_wide_range_fits_the_column() -> None:
+    """Up to 14 positions keep 62 px cells; wider ranges shrink their cells so the plot stays
+    within DETAIL_CELLS_BUDGET px (QA: 40 positions drew 2480 px, pushing the template
+    columns and the legend off the page), down to DETAIL_MIN_CELL px, labels cut to fit."""
     result = make_result(tokens=[f"tok{i}" for i in range(45)])
-    n = charts.DETAIL_MAX_POSITIONS
-    spec = charts.chart_spec(charts.lens_heatmap(result, positions=range(45 - n, 45)))
-    assert spec["width"] == NORMAL_CELL * n
+    for n, cell in [(14, NORMAL_CELL), (20, 44), (charts.DETAIL_MAX_POSITIONS, 22)]:
+        spec = charts.chart_spec(charts.lens_heatmap(result, positions=range(45 - n, 45)))
+        assert spec["width"] == cell * n <= charts.DETAIL_CELLS_BUDGET
+        text = next(layer for layer in spec["layer"] if layer["mark"]["type"] == "text")
+        assert text["mark"]["limit"] == cell - 2
     overview = charts.chart_spec(charts.lens_heatmap(result, labels=False, brush=True))
     assert overview["autosize"]["type"] == "fit-x"  # the overview still follows its container
 

@@ -196,6 +196,21 @@ def test_sweep_single_cell() -> None:
     assert rect(spec)["encoding"]["y"]["scale"]["domain"] == [4]
 
 
+@pytest.mark.parametrize("n_blocks", [1, 2, 4])
+def test_small_sweep_keeps_room_for_axis_title_and_legend(n_blocks: int) -> None:
+    """QA: 1-4 blocks drew a 26-104 px plot under a 120 px legend (overlapping the x-axis
+    title) and clipped the y-axis title: the plot is at least MIN_PLOT_HEIGHT px tall."""
+    result = make_sweep(layers=list(range(n_blocks)), changed=None)
+    spec = charts.chart_spec(charts.sweep_heatmap(result))
+    assert spec["height"] >= charts.MIN_PLOT_HEIGHT
+
+
+def test_generation_charts_fit_a_column() -> None:
+    """64 generated tokens: the cells stay within GEN_CELLS_BUDGET px."""
+    spec = charts.chart_spec(charts.sweep_heatmap(make_sweep(g=40, changed=None)))
+    assert spec["width"] <= charts.GEN_CELLS_BUDGET
+
+
 def test_sweep_exports(tmp_path) -> None:
     chart = charts.sweep_heatmap(make_sweep())
     png = charts.save_chart(chart, tmp_path / "sweep.png").read_bytes()
