@@ -247,7 +247,7 @@ def _range_error(name: str, value: Any, lo: int, hi: int) -> str | None:
 
 
 def _position_label(result: LensResult, p: int) -> str:
-    return f"{p}: {format_token(str(result.tokens[p]), 24)}"
+    return f"{p}: {format_token(str(result.tokens[p]), 24, byte_level=result.byte_level)}"
 
 
 def _position_select(
@@ -567,8 +567,9 @@ def lens_tab() -> None:
     st.subheader("Detail")
     st.caption(
         "Each cell: the layer's top-1 token (\u2423 = space, \u21b5 = newline, \u237d = other "
-        "space); hover for the top-k. Template (\u201cdummy\u201d) tokens are boxed in purple. "
-        "Click a cell to drill down."
+        "space, `<F0 9F>` = bytes of a token that holds only part of a character); hover for "
+        "the top-k. Template (\u201cdummy\u201d) tokens are boxed in purple. Click a cell to "
+        "drill down."
     )
     detail = charts.lens_heatmap(result, metric, positions=range(lo, shown_hi + 1), click=True)
     st.altair_chart(
@@ -963,7 +964,9 @@ def _sweep_view(result: SweepResult, request: SweepRequest, lens_request: LensRe
         )
         _show_prompt(request.prompt)
     # Formatted as one string: a character split over two tokens reads whole.
-    answer = format_token("".join(str(t) for t in result.generated_tokens), max_len=0)
+    answer = format_token(
+        "".join(str(t) for t in result.generated_tokens), max_len=0, byte_level=result.byte_level
+    )
     st.caption(f"Greedy answer ({result.n_generated} tokens, \u2423 = space, \u21b5 = newline):")
     st.code(answer, language=None, wrap_lines=True)
 
@@ -1040,7 +1043,7 @@ def _pairwise_view(lens: LensResult, lens_request: LensRequest) -> None:
         names,
         kl,
         vocab_size=lens.vocab_size,
-        subtitle=f"position {pos} ({format_token(str(lens.tokens[pos]), 20)}) \u00b7 "
+        subtitle=f"position {pos} ({format_token(str(lens.tokens[pos]), 20, byte_level=lens.byte_level)}) \u00b7 "
         f"{lens.model_name or 'model'}",
     )
     st.altair_chart(chart, theme=None, width="content", key="pair_chart")

@@ -240,6 +240,11 @@ def selected_positions(selection: Any, field: str = "position") -> list[int]:
     return sorted(set(found))
 
 
+def _shown(result: Any, raw: Any, max_len: int) -> str:
+    """A vocabulary string of ``result`` (LensResult / SweepResult) for display."""
+    return format_token(str(raw), max_len, byte_level=getattr(result, "byte_level", None))
+
+
 def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     """JSON-safe records: native Python scalars, NaN/inf as null."""
     clean = frame.replace([np.inf, -np.inf], np.nan).astype(object)
@@ -269,13 +274,13 @@ def _cell_frame(result: LensResult, metric: Metric, pos: np.ndarray, detail: boo
     data: dict[str, Any] = {
         "position": position,
         "layer": result.layer_names[layer_idx].astype(str),
-        "token": [format_token(str(result.tokens[p]), 16) for p in position],
+        "token": [_shown(result, result.tokens[p], 16) for p in position],
         "value": flat,
         "colour": colour,
-        "top1": [format_token(str(s), 16) for s in result.top_tokens[:, pos, 0].ravel()],
+        "top1": [_shown(result, s, 16) for s in result.top_tokens[:, pos, 0].ravel()],
     }
     if detail:
-        data["label"] = [format_token(str(s), 8) for s in result.top_tokens[:, pos, 0].ravel()]
+        data["label"] = [_shown(result, s, 8) for s in result.top_tokens[:, pos, 0].ravel()]
         data["dark"] = _text_dark_mask(norm)
         data["entropy"] = result.entropy[:, pos].ravel()
         data["kl_to_final"] = result.kl_to_final[:, pos].ravel()
@@ -283,7 +288,7 @@ def _cell_frame(result: LensResult, metric: Metric, pos: np.ndarray, detail: boo
             toks = result.top_tokens[:, pos, j].ravel()
             probs = result.top_probs[:, pos, j].ravel()
             data[f"top{j + 1}_text"] = [
-                f"{format_token(str(s), 24)}  {format_prob(p)}"
+                f"{_shown(result, s, 24)}  {format_prob(p)}"
                 for s, p in zip(toks, probs, strict=True)
             ]
         if result.top_k > TOOLTIP_TOP_K:
@@ -307,7 +312,7 @@ def _top_k_tooltip(result: LensResult) -> list[Any]:
 
 def _label_expr(result: LensResult, pos: np.ndarray, max_len: int) -> str:
     """Vega expression mapping a position (the axis value) to its token's display string."""
-    table = {int(p): format_token(str(result.tokens[p]), max_len) for p in pos}
+    table = {int(p): _shown(result, result.tokens[p], max_len) for p in pos}
     # json.dumps(ensure_ascii) gives a valid Vega expression object literal with \\u escapes.
     return f"{json.dumps({str(k): v for k, v in table.items()})}[''+datum.value]"
 
@@ -583,7 +588,7 @@ def position_table(result: LensResult, position: int) -> pd.DataFrame:
         raise ValueError(f"position must lie in [0, {result.n_positions}), got {p}")
     data: dict[str, Any] = {"layer": [str(x) for x in result.layer_names]}
     for j in range(result.top_k):
-        data[f"top {j + 1}"] = [format_token(str(s), 24) for s in result.top_tokens[:, p, j]]
+        data[f"top {j + 1}"] = [_shown(result, s, 24) for s in result.top_tokens[:, p, j]]
         data[f"p{j + 1}"] = result.top_probs[:, p, j].astype(float)
     if result.target_prob is not None:
         data[f"p({format_token(str(result.target), 0)})"] = result.target_prob[:, p].astype(float)
@@ -626,7 +631,7 @@ def position_drilldown_chart(
         title="layer (read-out)",
         axis=alt.Axis(labelAngle=0, labelOverlap=True),
     )
-    token = format_token(str(result.tokens[p]), 20)
+    token = _shown(result, result.tokens[p], 20)
     panel = {"width": int(panel_width), "height": 170}
     prob_chart = (
         alt.Chart(pd.DataFrame(rows))
@@ -836,9 +841,15 @@ def band_layers(n_blocks: int) -> list[int]:
     return sorted(b for b in picked if 0 <= b < n)
 
 
-def gen_labels(display_tokens: Sequence[str], max_len: int = 10) -> list[str]:
-    """Column labels ``"Gen0 \u00b7 \u2423The"``: the index (unique) and the token (readable)."""
-    return [f"Gen{j} \u00b7 {format_token(str(t), max_len)}" for j, t in enumerate(display_tokens)]
+def gen_labels(
+    tokens: Sequence[str], max_len: int = 10, *, byte_level: bool | None = None
+) -> list[str]:
+    """Column labels ``"Gen0 \u00b7 \u2423The"``: the index (unique) and the token (readable;
+    ``tokens`` are vocabulary strings, ``byte_level`` as in :func:`format_token`)."""
+    return [
+        f"Gen{j} \u00b7 {format_token(str(t), max_len, byte_level=byte_level)}"
+        for j, t in enumerate(tokens)
+    ]
 
 
 def _gen_axis(n_cols: int, cell_width: int) -> alt.Axis:
@@ -867,11 +878,11 @@ def _sweep_frame(result: Any, lo: float, hi: float, log: bool, max_label: int) -
     n_l, g = result.kl.shape
     li, gj = np.meshgrid(np.arange(n_l), np.arange(g), indexing="ij")
     li, gj = li.ravel(), gj.ravel()
-    labels = gen_labels(result.generated_display_tokens)
+    labels = gen_labels(result.generated_tokens, byte_level=result.byte_level)
     kl = result.kl.ravel().astype(np.float64)
     top_ids = result.top_ids_intervened.ravel()
     changed = top_ids != result.generated_ids[gj]
-    top = [format_token(str(s), 16) for s in result.top_tokens_intervened.ravel()]
+    top = [_shown(result, s, 16) for s in result.top_tokens_intervened.ravel()]
     colour = np.clip(np.nan_to_num(kl, nan=lo, posinf=hi), lo, hi)
     if log:
         norm = (np.log(colour) - math.log(lo)) / (math.log(hi) - math.log(lo))
@@ -879,7 +890,7 @@ def _sweep_frame(result: Any, lo: float, hi: float, log: bool, max_label: int) -
         norm = (colour - lo) / (hi - lo)
     if max_label >= 3:
         text = [
-            format_token(str(s), max_label) if c else ""
+            _shown(result, s, max_label) if c else ""
             for s, c in zip(result.top_tokens_intervened.ravel(), changed, strict=True)
         ]
     else:
@@ -889,7 +900,7 @@ def _sweep_frame(result: Any, lo: float, hi: float, log: bool, max_label: int) -
             "layer": result.layers[li].astype(int),
             "gen": gj,
             "gen_label": [labels[j] for j in gj],
-            "generated": [format_token(str(result.generated_display_tokens[j]), 16) for j in gj],
+            "generated": [_shown(result, result.generated_tokens[j], 16) for j in gj],
             "kl": kl,
             # what is coloured: KL itself on the linear scale; on the log scale the floor
             # stands in for 0 (log 0 is not drawable)
@@ -958,7 +969,7 @@ def sweep_heatmap(
         cell_height = max(8, min(26, 620 // max(n_l, 1)))
     max_label = (cell_width - 6) // 7 if cell_height >= 14 else 0
     frame = _sweep_frame(result, lo, kl_max, log, max_label)
-    labels = gen_labels(result.generated_display_tokens)
+    labels = gen_labels(result.generated_tokens, byte_level=result.byte_level)
     layer_order = [int(x) for x in result.layers[::-1]]  # block 0 at the bottom
     x = _gen_x(labels, "generated token (Gen j = the j-th answer token)", cell_width)
     y_axis: dict[str, Any] = {"labelFontSize": 10, "ticks": False}
@@ -1064,7 +1075,7 @@ def generation_lens_heatmap(
     pos = np.arange(n_prompt - 1, n_prompt - 1 + g, dtype=np.int64)
     frame = _cell_frame(result, spec, pos, detail=True)
     gen_tokens = [str(result.tokens[n_prompt + j]) for j in range(g)]
-    labels = gen_labels(gen_tokens)
+    labels = gen_labels(gen_tokens, byte_level=result.byte_level)
     frame["gen_label"] = [labels[int(p) - (n_prompt - 1)] for p in frame["position"]]
     r = result.n_rows
     if cell_width is None:

@@ -32,7 +32,7 @@ from torch import nn
 from lenskit._results import ResultRecord
 from lenskit.lens import LensResult
 from lenskit.ops import kl_div, pairwise_kl
-from lenskit.tokens import format_token
+from lenskit.tokens import byte_level_vocabulary, format_token
 
 __all__ = [
     "INTERVENTIONS",
@@ -124,6 +124,8 @@ class SweepResult(ResultRecord):
         max_new_tokens: requested generation length (G is smaller only if EOS came first).
         model_name: what the model was loaded from.
         prompt: the user's text; ``chat`` and ``system`` say how it was wrapped.
+        byte_level: whether the token strings spell UTF-8 bytes (as
+            :attr:`lenskit.LensResult.byte_level`); None when unknown.
         units: units of the float fields.
     """
 
@@ -147,9 +149,11 @@ class SweepResult(ResultRecord):
     prompt: str = ""
     chat: bool = True
     system: str | None = None
+    byte_level: bool | None = None
     units: dict[str, str] = field(default_factory=lambda: dict(UNITS))
 
     def __post_init__(self) -> None:
+        self.byte_level = None if self.byte_level is None else bool(self.byte_level)
         self.layers = self._array("layers", np.int64, 1)
         self.generated_ids = self._array("generated_ids", np.int64, 1)
         self.generated_tokens = self._str_array("generated_tokens", 1)
@@ -244,7 +248,8 @@ class SweepResult(ResultRecord):
             "top_id_intervened": top_ids,
             "top_token_intervened": top_tokens,
             "top_display_token_intervened": np.asarray(
-                [format_token(str(t)) for t in top_tokens], dtype=object
+                [format_token(str(t), byte_level=self.byte_level) for t in top_tokens],
+                dtype=object,
             ),
             "top_changed": top_ids != self.generated_ids[gj],
             "generated_prob_clean": self.generated_prob_clean[gj],
@@ -1120,12 +1125,13 @@ def intervention_sweep(
             close()
     core.pop("strategy")
     gen_tokens = _tokens(tokenizer, generated)
+    byte_level = byte_level_vocabulary(tokenizer)
     top = core["top_ids_intervened"]
     top_tokens = np.asarray(_tokens(tokenizer, top.ravel().tolist()), dtype=object)
     return SweepResult(
         generated_ids=np.asarray(generated, dtype=np.int64),
         generated_tokens=gen_tokens,
-        generated_display_tokens=[format_token(t) for t in gen_tokens],
+        generated_display_tokens=[format_token(t, byte_level=byte_level) for t in gen_tokens],
         top_tokens_intervened=top_tokens.reshape(top.shape),
         prompt_token_ids=prompt_ids,
         prompt_tokens=_tokens(tokenizer, prompt_ids),
@@ -1136,6 +1142,7 @@ def intervention_sweep(
         prompt=enc.prompt,
         chat=chat,
         system=system,
+        byte_level=byte_level,
         **core,
     )
 
@@ -1201,12 +1208,13 @@ def lens_on_generation(
         )
         _lens._check_out_row(readout, stats.pop("last_out_logits"), model_last)
     tokens = _tokens(tokenizer, all_ids)
+    byte_level = byte_level_vocabulary(tokenizer)
     specials = special_token_ids(tokenizer)
     top_ids = stats["top_ids"]
     result = LensResult(
         token_ids=np.asarray(all_ids, dtype=np.int64),
         tokens=np.asarray(tokens, dtype=object),
-        display_tokens=[format_token(t) for t in tokens],
+        display_tokens=[format_token(t, byte_level=byte_level) for t in tokens],
         layer_names=_lens.layer_names(n_layers),
         entropy=stats["entropy"],
         kl_to_final=stats["kl_to_final"],
@@ -1220,6 +1228,7 @@ def lens_on_generation(
         prompt=enc.prompt,
         chat=chat,
         system=system,
+        byte_level=byte_level,
     )
     return result, len(prompt_ids)
 

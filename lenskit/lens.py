@@ -26,7 +26,7 @@ from lenskit.models import (
 )
 from lenskit.ops import entropy_lse, kl_div
 from lenskit.prompts import PromptError, check_text, encode_prompt
-from lenskit.tokens import format_token
+from lenskit.tokens import byte_level_vocabulary, format_token
 
 __all__ = ["LensResult", "TargetError", "layer_names", "run_lens", "target_token_id"]
 
@@ -64,6 +64,9 @@ class LensResult(ResultRecord):
         prompt: the user's text; ``chat`` and ``system`` say how it was wrapped.
         target: optional target token string; then ``target_id`` and
             ``target_prob`` / ``target_rank`` ``[R, T]`` (rank 0 = top-1).
+        byte_level: whether the token strings spell UTF-8 bytes (byte-level BPE; see
+            :func:`lenskit.tokens.byte_level_vocabulary`); None when unknown. Displays pass
+            it to :func:`lenskit.tokens.format_token`.
     """
 
     token_ids: np.ndarray
@@ -86,6 +89,7 @@ class LensResult(ResultRecord):
     target_id: int | None = None
     target_prob: np.ndarray | None = None
     target_rank: np.ndarray | None = None
+    byte_level: bool | None = None
     units: dict[str, str] = field(default_factory=lambda: dict(UNITS))
 
     def __post_init__(self) -> None:
@@ -101,6 +105,7 @@ class LensResult(ResultRecord):
         self.is_special = self._array("is_special", bool, 1)
         self.template_positions = self._array("template_positions", np.int64, 1)
         self.vocab_size = int(self.vocab_size)
+        self.byte_level = None if self.byte_level is None else bool(self.byte_level)
         r, t = self.entropy.shape
         k = self.top_ids.shape[2]
         expected = {
@@ -409,10 +414,11 @@ def run_lens(
 
     top_ids = stats["top_ids"]
     tokens = np.asarray(encoded.tokens, dtype=object)
+    byte_level = byte_level_vocabulary(tokenizer)
     result = LensResult(
         token_ids=np.asarray(encoded.input_ids, dtype=np.int64),
         tokens=tokens,
-        display_tokens=[format_token(t) for t in encoded.tokens],
+        display_tokens=[format_token(t, byte_level=byte_level) for t in encoded.tokens],
         layer_names=layer_names(n_layers),
         entropy=stats["entropy"],
         kl_to_final=stats["kl_to_final"],
@@ -430,6 +436,7 @@ def run_lens(
         target_id=target_id,
         target_prob=stats.get("target_prob"),
         target_rank=stats.get("target_rank"),
+        byte_level=byte_level,
     )
     return result
 

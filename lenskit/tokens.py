@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import unicodedata
 from collections.abc import Sequence
+from typing import Any
 
-__all__ = ["format_token", "position_labels"]
+__all__ = ["byte_level_vocabulary", "format_token", "position_labels"]
 
 # Byte-level BPE (GPT-2, Llama-3, SmolLM2) encodes space/newline/tab as these code points;
 # SentencePiece (Llama-2, Gemma) marks a leading space with U+2581.
@@ -37,6 +39,64 @@ def _byte_level_alphabet() -> dict[str, int]:
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
     return {char: byte for byte, char in bytes_to_unicode().items()}
+
+
+def byte_level_vocabulary(tokenizer: Any) -> bool | None:
+    """Whether the tokenizer is byte-level BPE (GPT-2, Llama-3, SmolLM2), whose vocabulary
+    strings spell UTF-8 bytes with stand-in characters: its decoder is ``ByteLevel``. Without a
+    readable decoder, whether the vocabulary holds the byte stand-ins and "Ġ"-words. None when
+    neither can be read. SentencePiece tokenizers (Llama-2, Gemma) give False."""
+    cached = getattr(tokenizer, "_lenskit_byte_level", None)
+    if cached is not None:
+        return bool(cached)
+    found: bool | None = None
+    decoder = getattr(getattr(tokenizer, "backend_tokenizer", None), "decoder", None)
+    with contextlib.suppress(Exception):  # a decoder without the JSON state: look further
+        found = b'"type":"ByteLevel"' in decoder.__getstate__()
+    if found is None:
+        try:
+            vocab = tokenizer.get_vocab()
+        except Exception:  # noqa: BLE001 - any tokenizer-like object; unknown is a fine answer
+            return None
+        # Bytes that never occur in UTF-8 (C0, C1, F5..FF) may lack a token: not all 256.
+        stand_ins = sum(char in vocab for char in _byte_level_alphabet())
+        found = stand_ins >= 200 and any(w in vocab for w in ("\u0120the", "\u0120a", "\u0120"))
+    with contextlib.suppress(AttributeError, TypeError):
+        tokenizer._lenskit_byte_level = found
+    return found
+
+
+#: Joins the bytes of ``<F0 9F>`` until the whitespace symbols are in (a space would be ␣).
+_HEX_GAP = "\ue000"
+
+
+def _hex_bytes(data: bytes) -> str:
+    """Bytes that are no (printable) text, as ``<F0 9F>``."""
+    return "<" + _HEX_GAP.join(f"{b:02X}" for b in data) + ">"
+
+
+def _bytes_with_hex(data: bytes) -> str:
+    """UTF-8 text with each invalid byte sequence (part of a character) and each control
+    character other than newline, tab or CR shown as :func:`_hex_bytes`."""
+    out: list[str] = []
+    while data:
+        try:
+            out.append(_text_with_hex_controls(data.decode("utf-8")))
+            break
+        except UnicodeDecodeError as exc:
+            out.append(_text_with_hex_controls(data[: exc.start].decode("utf-8")))
+            out.append(_hex_bytes(data[exc.start : exc.end]))
+            data = data[exc.end :]
+    return "".join(out)
+
+
+def _text_with_hex_controls(text: str) -> str:
+    return "".join(
+        _hex_bytes(c.encode("utf-8"))
+        if unicodedata.category(c) == "Cc" and c not in "\n\t\r"
+        else c
+        for c in text
+    )
 
 
 def _byte_level_text(raw: str) -> str | None:
@@ -92,20 +152,32 @@ def _cut_characters(data: bytes) -> str | None:
     return "\ufffd" * (start > 0) + middle + "\ufffd" * (end < len(data))
 
 
-def format_token(raw: str, max_len: int = 12) -> str:
+def format_token(raw: str, max_len: int = 12, *, byte_level: bool | None = None) -> str:
     """Make a token readable: whitespace becomes visible symbols, long tokens get an ellipsis.
 
     Args:
         raw: the token as the tokenizer's vocabulary spells it (e.g. ``"ĠCanberra"``, or
             ``"ĠcafÃ©"`` for " café" in byte-level BPE) or as decoded text (``" Canberra"``).
         max_len: longest result in characters (the ellipsis included); 0 means no limit.
+        byte_level: whether ``raw`` comes from a byte-level BPE vocabulary
+            (:func:`byte_level_vocabulary`). True: it is read as UTF-8 bytes, and bytes that
+            are part of a character show as ``<F0 9F>`` (not as the stand-ins ``ðŁ``, which
+            read like real symbols). False: it is shown as spelled. None (unknown): it is read
+            as bytes only when they make whole UTF-8 text.
     """
-    text = _byte_level_text(raw)
+    if byte_level and not raw.isascii() and all(c in _byte_level_alphabet() for c in raw):
+        alphabet = _byte_level_alphabet()
+        text: str | None = _bytes_with_hex(bytes(alphabet[c] for c in raw))
+    elif byte_level is False:
+        text = None
+    else:
+        text = _byte_level_text(raw)
     shown = (raw if text is None else text).translate(_TABLE)
     if not shown.isascii():
         shown = "".join(
             OTHER_SPACE if c != " " and unicodedata.category(c) == "Zs" else c for c in shown
         )
+    shown = shown.replace(_HEX_GAP, " ")
     if shown == "":
         shown = "\u2205"  # ∅: an empty decode must still be visible
     if max_len and len(shown) > max_len:

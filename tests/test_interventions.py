@@ -549,6 +549,14 @@ def test_chat_messages_keep_the_users_text_as_prompt(tok, llama):
     )
 
 
+def test_sweep_keeps_the_byte_level_flag(tok, llama):
+    res = intervention_sweep(llama, tok, PROMPT, max_new_tokens=2, layers=[0])
+    assert res.byte_level is True
+    assert SweepResult.from_json(res.to_json()).byte_level is True
+    gen, _ = lens_on_generation(llama, tok, PROMPT, max_new_tokens=2)
+    assert gen.byte_level is True
+
+
 def test_mean_error_elides_long_position_lists(tok, llama):
     with pytest.raises(PositionSelectionError, match=r"\.\.\., .*\(\d+ indices\)") as info:
         intervention_sweep(llama, tok, PROMPT, positions="all-prompt", intervention="mean")

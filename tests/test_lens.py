@@ -179,6 +179,25 @@ def test_target_message_suggests_a_piece_that_works(llama, tok, target):
     assert target_token_id(tok, piece) == tok.encode(target, add_special_tokens=False)[0]
 
 
+def test_fragments_of_characters_display_as_bytes(llama, tok):
+    """An emoji split over byte-level tokens shows its pieces as <F0 9F> ...; the flag travels
+    with the result (JSON included); results saved before it existed load as unknown."""
+    text = "A kangaroo \U0001f998 and caf\u00e9"
+    res = lenskit.run_lens(llama, tok, text, chat=False)
+    assert res.byte_level is True
+    shown = "".join(res.display_tokens)
+    assert "<F0" in shown and "\u00f0" not in shown  # no stand-in characters
+    # The display spells exactly the prompt's bytes: text where whole, <XX ..> where not.
+    parts = re.split(r"<([0-9A-F]{2}(?: [0-9A-F]{2})*)>", shown.replace("\u2423", " "))
+    data = b"".join(bytes.fromhex(part) if i % 2 else part.encode() for i, part in enumerate(parts))
+    assert data == text.encode()
+    back = LensResult.from_json(res.to_json())
+    assert back.byte_level is True and list(back.display_tokens) == list(res.display_tokens)
+    old = json.loads(res.to_json())
+    del old["byte_level"]
+    assert LensResult.from_dict(old).byte_level is None
+
+
 def test_target_by_vocabulary_spelling(tok):
     """A vocabulary entry (byte-level "\u0120Canberra", part of an emoji) names its own id."""
     emoji_ids = tok.encode("\U0001f998", add_special_tokens=False)

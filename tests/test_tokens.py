@@ -122,3 +122,51 @@ def test_cut_characters_need_a_whole_multibyte_character(raw: str):
 )
 def test_invisible_characters_are_visible(raw: str, shown: str):
     assert format_token(raw, max_len=0) == shown
+
+
+@pytest.mark.parametrize(
+    ("data", "shown"),
+    [
+        # QA: fragments of a character showed as the stand-ins "ðŁ", "¦", "äº", which read
+        # like real symbols (a top-1 "¥" looked like a prediction of the yen sign)
+        ("\U0001f998".encode()[:2], "<F0 9F>"),
+        (b" " + "\U0001f1e6".encode()[:3], "\u2423<F0 9F 87>"),
+        ("\u00a6".encode()[1:], "<A6>"),
+        ("\u4e2d\u56fd".encode()[:5], "\u4e2d<E5 9B>"),
+        ("\U0001f998\U0001f1e6".encode()[:-1], "\U0001f998<F0 9F 87>"),
+        (b"\x05a", "<05>a"),  # control characters, too
+        (b"\r\n", "\\r\u21b5"),
+        # whole text reads as before
+        (" caf\u00e9".encode(), "\u2423caf\u00e9"),
+        ("\u201c".encode(), "\u201c"),
+        (b" Canberra", "\u2423Canberra"),
+    ],
+)
+def test_byte_level_fragments_show_their_bytes(data: bytes, shown: str):
+    assert format_token(_byte_level(data), max_len=0, byte_level=True) == shown
+
+
+@pytest.mark.parametrize("raw", ["\u2581caf\u00e9", "s\u0105", "\u00e4\u00ba", "<0xF0>", "a\u00c2"])
+def test_not_byte_level_stays_as_spelled(raw: str):
+    """A SentencePiece vocabulary (byte_level=False) is never read as bytes."""
+    assert format_token(raw, max_len=0, byte_level=False) == raw.replace("\u2581", "\u2423")
+
+
+def test_byte_level_vocabulary():
+    import transformers
+    from tokenizers import Tokenizer, models
+
+    from lenskit.tokens import byte_level_vocabulary
+
+    assert byte_level_vocabulary(make_chatml_tokenizer()) is True
+    words = Tokenizer(models.WordLevel({"a": 0, "\u00e9": 1, "[UNK]": 2}, unk_token="[UNK]"))
+    assert (
+        byte_level_vocabulary(transformers.PreTrainedTokenizerFast(tokenizer_object=words)) is False
+    )
+    assert byte_level_vocabulary(object()) is None
+    # SentencePiece converted to a fast tokenizer (Llama-2, Gemma): byte fallback, not level
+    from tokenizers import decoders
+
+    words.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback()])
+    sentencepiece = transformers.PreTrainedTokenizerFast(tokenizer_object=words)
+    assert byte_level_vocabulary(sentencepiece) is False

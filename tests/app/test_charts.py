@@ -323,6 +323,21 @@ def test_position_table_and_drilldown() -> None:
         charts.position_table(result, 99)
 
 
+def test_byte_level_fragments_in_cells_and_table() -> None:
+    """With result.byte_level, a top-1 token that is part of a character shows its bytes
+    (QA: "\u00f0\u0141" read like a real prediction); unknown keeps the spelling."""
+    fragment = "\u00f0\u0141"  # byte-level spelling of F0 9F, the start of an emoji
+    result = make_result()
+    result.top_tokens[:, :, 0] = fragment
+    result.byte_level = True
+    cells = data_values(charts.chart_spec(charts.lens_heatmap(result, positions=range(10, 14))))
+    assert {c["label"] for c in cells} == {"<F0 9F>"}
+    assert set(charts.position_table(result, 13)["top 1"]) == {"<F0 9F>"}
+    result.byte_level = None
+    cells = data_values(charts.chart_spec(charts.lens_heatmap(result, positions=range(10, 14))))
+    assert {c["label"] for c in cells} == {fragment}
+
+
 @pytest.mark.parametrize("k", [3, charts.TOOLTIP_TOP_K, 50])
 def test_tooltip_lists_at_most_ten_top_tokens(k: int) -> None:
     """QA: a top-50 tooltip was 1336 px tall, its top off-screen. It lists 10 and says how
