@@ -233,10 +233,9 @@ def target_token_id(tokenizer: Any, target: str | int) -> int:
     texts = [tokenizer.decode([i]) for i in ids]
     pieces = [r if "\ufffd" in t else t for t, r in zip(texts, raw, strict=True)]
     hint = ""
-    if not target.startswith(" "):
-        hint = (
-            " Words after a space usually need the leading space, e.g. ' " + target.strip() + "'."
-        )
+    spaced = " " + target.strip()
+    if not target.startswith(" ") and len(tokenizer.encode(spaced, add_special_tokens=False)) == 1:
+        hint = f" Words after a space usually need the leading space: {spaced!r} is one token."
     raise TargetError(
         f"The target {target!r} is {len(ids)} tokens {pieces}, not one: pick a single token "
         f"(the first piece is {pieces[0]!r} if you want that).{hint}"

@@ -198,6 +198,17 @@ def test_fragments_of_characters_display_as_bytes(llama, tok):
     assert LensResult.from_dict(old).byte_level is None
 
 
+def test_leading_space_hint_only_when_it_helps(tok):
+    """The message suggests ' word' only where that is one token (QA: it suggested
+    ' Canberra city', itself two tokens)."""
+    assert len(tok.encode("Canberra", add_special_tokens=False)) > 1
+    with pytest.raises(TargetError, match="' Canberra' is one token"):
+        target_token_id(tok, "Canberra")
+    with pytest.raises(TargetError) as info:
+        target_token_id(tok, "Canberra city")
+    assert "leading space" not in str(info.value)
+
+
 def test_target_by_vocabulary_spelling(tok):
     """A vocabulary entry (byte-level "\u0120Canberra", part of an emoji) names its own id."""
     emoji_ids = tok.encode("\U0001f998", add_special_tokens=False)
