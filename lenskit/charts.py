@@ -603,8 +603,9 @@ def position_drilldown_chart(
 ) -> alt.VConcatChart:
     """Per-layer lines at one position: two panels stacked vertically.
 
-    With a target: the target token's probability (and the top-1 probability for reference)
-    above, its rank (log scale, 1 = top) below. Without a target: the top-1 probability and
+    With a target: the target token's probability (and the top-1 probability for reference;
+    log scale from :data:`PROB_FLOOR`, the tooltip exact) above, its rank (log scale,
+    1 = top) below. Without a target: the top-1 probability and
     the entropy. The panels are stacked (not side by side) so the chart fits a narrow column;
     in Streamlit ``st.altair_chart(..., width="stretch")`` sets each panel to the container's
     width (for exports each panel is ``panel_width`` pixels wide).
@@ -625,6 +626,8 @@ def position_drilldown_chart(
                     "prob": float(result.target_prob[i, p]),
                 }
             )
+    for row in rows:  # drawn on a log scale from PROB_FLOOR (log 0 is not drawable)
+        row["shown"] = max(row["prob"], PROB_FLOOR) if math.isfinite(row["prob"]) else None
     x = alt.X(
         "layer:O",
         sort=layers,
@@ -638,7 +641,14 @@ def position_drilldown_chart(
         .mark_line(point=True)
         .encode(
             x=x,
-            y=alt.Y("prob:Q", title="probability", scale=alt.Scale(domain=[0, 1])),
+            # Log scale, as the overview's target probability: a target at 1e-6 in early
+            # layers and 0.9 at the end is a flat line at 0 on a linear scale (QA).
+            y=alt.Y(
+                "shown:Q",
+                title="probability (log)",
+                scale=alt.Scale(type="log", domain=[PROB_FLOOR, 1], clamp=True),
+                axis=alt.Axis(values=[1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1], format=".0e"),
+            ),
             color=alt.Color(
                 "series:N",
                 title=None,

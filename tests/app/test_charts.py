@@ -323,6 +323,24 @@ def test_position_table_and_drilldown() -> None:
         charts.position_table(result, 99)
 
 
+def test_drilldown_probabilities_on_a_log_scale() -> None:
+    """QA: on a linear 0..1 scale a target at 1e-6 in early layers drew a flat 0. The panel is
+    log from PROB_FLOOR; values below it sit on the floor, the tooltip keeps the exact one."""
+    result = make_result()
+    result.target_prob[:, 13] = np.geomspace(1e-9, 0.9, result.n_rows)
+    spec = charts.chart_spec(charts.position_drilldown_chart(result, 13))
+    panel = spec["vconcat"][0]
+    y = panel["encoding"]["y"]
+    assert y["field"] == "shown" and y["scale"]["type"] == "log"
+    assert y["scale"]["domain"] == [charts.PROB_FLOOR, 1]
+    target = [v for v in values_of(spec, panel) if v["series"] != "top-1"]
+    assert [v["prob"] for v in target] == pytest.approx(result.target_prob[:, 13].tolist())
+    assert [v["shown"] for v in target] == pytest.approx(
+        np.maximum(result.target_prob[:, 13], charts.PROB_FLOOR).tolist()
+    )
+    assert any(t["field"] == "prob" for t in panel["encoding"]["tooltip"] if isinstance(t, dict))
+
+
 def test_byte_level_fragments_in_cells_and_table() -> None:
     """With result.byte_level, a top-1 token that is part of a character shows its bytes
     (QA: "\u00f0\u0141" read like a real prediction); unknown keeps the spelling."""
