@@ -892,6 +892,12 @@ def _sweep_request(lens: LensResult, lens_request: LensRequest) -> SweepRequest 
         return None
     else:
         positions = mode
+        if ss.get("sweep_positions"):
+            _sweep_say(
+                "info",
+                f"The picked positions are not used: this sweep intervenes on "
+                f"{POSITION_MODES[mode].lower()}. Choose Pick positions to use them.",
+            )
     return SweepRequest(
         spec=lens_request.spec,
         prompt=lens_request.prompt,

@@ -126,6 +126,17 @@ def test_sweep_shows_heatmap(app: AppTest) -> None:
     assert app.session_state["lens_result"] is lens
 
 
+def test_unused_picked_positions_are_mentioned(app: AppTest) -> None:
+    """QA: picked positions were silently ignored unless the mode was Pick positions."""
+    run_sweep(app, sweep_pos_mode="template", sweep_positions=[1, 2], sweep_max_new=1)
+    assert not tab(app).error, tab_messages(app)
+    lens = app.session_state["lens_result"]
+    assert app.session_state["sweep_result"].positions.tolist() == lens.template_positions.tolist()
+    assert any("picked positions are not used" in i.value for i in tab(app).info)
+    run_sweep(app, sweep_positions=[])
+    assert not any("picked positions" in i.value for i in tab(app).info)
+
+
 def test_quick_pick_and_options(app: AppTest) -> None:
     app.button(key="sweep_pick_band").click().run()
     assert not app.exception
