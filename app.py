@@ -569,9 +569,15 @@ def lens_tab() -> None:
         "Each cell: the layer's top-1 token (\u2423 = space, \u21b5 = newline, \u237d = other "
         "space, `<F0 9F>` = bytes of a token that holds only part of a character); hover for "
         "the top-k. Template (\u201cdummy\u201d) tokens are boxed in purple. Click a cell to "
-        "drill down."
+        "drill down; the drilled-down position is outlined in black."
     )
-    detail = charts.lens_heatmap(result, metric, positions=range(lo, shown_hi + 1), click=True)
+    detail = charts.lens_heatmap(
+        result,
+        metric,
+        positions=range(lo, shown_hi + 1),
+        click=True,
+        marked=st.session_state.get("drill_pos"),
+    )
     st.altair_chart(
         detail,
         key=_chart_key("detail_chart"),

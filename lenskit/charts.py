@@ -387,6 +387,7 @@ def lens_heatmap(
     brush: bool = False,
     click: bool = False,
     highlight: tuple[int, int] | None = None,
+    marked: int | None = None,
     cell_width: int | None = None,
     cell_height: int | None = None,
 ) -> alt.LayerChart:
@@ -404,6 +405,7 @@ def lens_heatmap(
         click: add a point selection named ``"pick"`` on the clicked cell's position.
         highlight: inclusive ``(first, last)`` positions boxed in the overview (the range the
             detail view shows).
+        marked: detail view: a position outlined in black (the drill-down's), if shown.
         cell_width, cell_height: pixels per cell (defaults depend on the view and R).
 
     Returns:
@@ -533,9 +535,17 @@ def lens_heatmap(
             {"stroke": "white", "strokeWidth": 3},  # visible on dark cells too
             {"stroke": HIGHLIGHT_COLOR, "strokeWidth": 2, "strokeDash": HIGHLIGHT_DASH},
         ]
-    for stroke in strokes if boxes else []:
+    runs = [(boxes, stroke) for stroke in strokes] if boxes else []
+    if labels and marked is not None and int(marked) in set(pos.tolist()):
+        # After the template boxes, so it is drawn on top of a purple one.
+        mark = [{"first": int(marked), "last": int(marked), "kind": "drill-down position"}]
+        runs += [
+            (mark, {"stroke": "white", "strokeWidth": 4}),
+            (mark, {"stroke": HIGHLIGHT_COLOR, "strokeWidth": 2}),
+        ]
+    for rows, stroke in runs:
         layers.append(
-            alt.Chart(pd.DataFrame(boxes))
+            alt.Chart(pd.DataFrame(rows))
             .mark_rect(fill=None, cornerRadius=2, **stroke)
             .encode(
                 # a band scale maps a value to its band's start: bandPosition 1 on x2 reaches

@@ -159,6 +159,27 @@ def test_drilldown_position(app: AppTest) -> None:
     assert "Position 3" in json.dumps(title)
 
 
+def test_detail_outlines_the_drilldown_position(app: AppTest, monkeypatch) -> None:
+    """The detail view is drawn with the drill-down's position marked (the box itself is
+    checked in test_charts)."""
+    from lenskit import charts
+
+    seen = []
+    heatmap = charts.lens_heatmap
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("marked"))
+        return heatmap(*args, **kwargs)
+
+    monkeypatch.setattr(charts, "lens_heatmap", spy)
+    app.slider(key="detail_range").set_value((2, 6)).run()
+    app.selectbox(key="drill_pos").set_value(4).run()
+    assert seen[-1] == 4
+    # the rect layers of the detail chart include the drawn box
+    strokes = [layer["mark"].get("stroke") for layer in charts_of(app)["detail_chart"]["layer"]]
+    assert charts.HIGHLIGHT_COLOR in strokes
+
+
 def test_drilldown_table_rank_and_probabilities(app: AppTest) -> None:
     """Ranks are 1-based and say so; probabilities keep 3 significant digits (QA: 828 in the
     table vs 829 in the chart; p(target) 6e-6 shown as 0.000)."""

@@ -323,6 +323,27 @@ def test_position_table_and_drilldown() -> None:
         charts.position_table(result, 99)
 
 
+def test_detail_outlines_the_drilled_position() -> None:
+    """QA: the detail view did not show which position the drill-down is on."""
+    result = make_result()
+
+    def drill_boxes(marked: int | None) -> list[dict]:
+        spec = charts.chart_spec(
+            charts.lens_heatmap(result, positions=range(10, 14), marked=marked)
+        )
+        return [
+            {**v, "stroke": layer["mark"].get("stroke")}
+            for layer in spec["layer"]
+            for v in values_of(spec, layer)
+            if v.get("kind") == "drill-down position"
+        ]
+
+    boxes = drill_boxes(12)
+    assert {(b["first"], b["last"]) for b in boxes} == {(12, 12)}
+    assert charts.HIGHLIGHT_COLOR in {b["stroke"] for b in boxes}
+    assert drill_boxes(3) == [] and drill_boxes(None) == []  # not in the range: no box
+
+
 def test_drilldown_probabilities_on_a_log_scale() -> None:
     """QA: on a linear 0..1 scale a target at 1e-6 in early layers drew a flat 0. The panel is
     log from PROB_FLOOR; values below it sit on the floor, the tooltip keeps the exact one."""
