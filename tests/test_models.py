@@ -252,6 +252,13 @@ def test_move_errors_are_load_errors(tiny_model_dir, monkeypatch):
             lenskit.load_model(str(tiny_model_dir))
 
 
+def test_bad_default_override_names_the_variable(tmp_path, monkeypatch):
+    """QA: a bad LENSKIT_DEFAULT_MODEL said "... or 'default'", which is what had failed."""
+    monkeypatch.setenv("LENSKIT_DEFAULT_MODEL", str(tmp_path / "missing"))
+    with pytest.raises(ModelLoadError, match="LENSKIT_DEFAULT_MODEL=.*missing.*Unset"):
+        lenskit.load_model("default")
+
+
 def test_missing_device_fails_before_the_load(tiny_model_dir, monkeypatch):
     """A device this machine lacks is refused at once, not after loading the weights."""
     import lenskit.models as models

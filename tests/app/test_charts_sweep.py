@@ -203,6 +203,8 @@ def test_small_sweep_keeps_room_for_axis_title_and_legend(n_blocks: int) -> None
     result = make_sweep(layers=list(range(n_blocks)), changed=None)
     spec = charts.chart_spec(charts.sweep_heatmap(result))
     assert spec["height"] >= charts.MIN_PLOT_HEIGHT
+    legend = rect(spec)["encoding"]["color"]["legend"]
+    assert legend["gradientLength"] + 24 <= spec["height"]  # title + gradient beside the plot
 
 
 def test_generation_charts_fit_a_column() -> None:
