@@ -681,10 +681,11 @@ def generation_lens_json(
     prompt: str,
     chat: bool,
     system: str | None,
-    max_new_tokens: int,
+    generated_ids: tuple[int, ...],
     top_k: int,
 ) -> tuple[str, int]:
-    """Logit lens over prompt + greedy continuation: (LensResult JSON, number of prompt tokens)."""
+    """Logit lens over prompt + the sweep's greedy continuation (not generated again):
+    (LensResult JSON, number of prompt tokens)."""
     model, tokenizer = get_model(spec, load_key)
     result, n_prompt = lens_on_generation(
         model,
@@ -692,7 +693,7 @@ def generation_lens_json(
         prompt,
         chat=chat,
         system=system,
-        max_new_tokens=max_new_tokens,
+        generated_ids=list(generated_ids),
         top_k=top_k,
     )
     return result.to_json(), n_prompt
@@ -935,6 +936,7 @@ def run_sweep(request: SweepRequest) -> None:
             request.intervention,
             request.seed,
         )
+        generated = tuple(int(i) for i in SweepResult.from_json(text).generated_ids)
         with st.spinner("Logit lens on the generated tokens\u2026"):
             gen_text, n_prompt = generation_lens_json(
                 request.spec,
@@ -942,7 +944,7 @@ def run_sweep(request: SweepRequest) -> None:
                 request.prompt,
                 request.chat,
                 request.system,
-                request.max_new_tokens,
+                generated,
                 request.top_k,
             )
     except ModelLoadError as exc:

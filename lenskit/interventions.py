@@ -970,20 +970,32 @@ def _encode(
 
 
 def _encode_for_generation(
-    model: nn.Module, tokenizer: Any, prompt: str, chat: bool, system: str | None, n_new: int
+    model: nn.Module,
+    tokenizer: Any,
+    prompt: str | Sequence[dict[str, str]],
+    chat: bool,
+    system: str | None,
+    n_new: int,
+    *,
+    reads_last: bool = False,
 ) -> tuple[Any, list[int]]:
-    """Encode the prompt and check that prompt + generation fits the model's context."""
+    """Encode the prompt and check that prompt + generation fits the model's context.
+
+    Generating (and the sweep) never feeds the last generated token back: the model reads
+    n_prompt + n_new - 1 tokens. ``reads_last``: the caller reads all n_prompt + n_new (the
+    lens over the generation).
+    """
     from lenskit.models import context_length
 
     ctx = context_length(model)
     enc = _encode(tokenizer, prompt, chat, system, max_length=ctx)
     prompt_ids = _ids_list(enc.input_ids)
-    # The last generated token is never fed back: the model sees n_prompt + n_new - 1.
-    if ctx is not None and len(prompt_ids) + n_new - 1 > ctx:
+    read = len(prompt_ids) + n_new - (0 if reads_last else 1)
+    if ctx is not None and read > ctx:
         raise GenerationLengthError(
             f"the prompt is {len(prompt_ids)} tokens; with max_new_tokens={n_new} the model "
-            f"would read {len(prompt_ids) + n_new - 1}, more than its context of {ctx} tokens: "
-            "shorten the prompt or generate fewer tokens"
+            f"would read {read}, more than its context of {ctx} tokens: shorten the prompt or "
+            "generate fewer tokens"
         )
     return enc, prompt_ids
 
@@ -1156,6 +1168,7 @@ def lens_on_generation(
     system: str | None = None,
     max_new_tokens: int = 5,
     top_k: int = 5,
+    generated_ids: Sequence[int] | None = None,
 ) -> tuple[LensResult, int]:
     """Logit lens over the prompt followed by its greedy continuation.
 
@@ -1173,6 +1186,9 @@ def lens_on_generation(
         system: optional system message (chat only).
         max_new_tokens: 1..64 tokens to generate.
         top_k: top tokens kept per cell.
+        generated_ids: the continuation when it is known already (e.g.
+            ``SweepResult.generated_ids`` of the same prompt): 1..64 token ids, used instead
+            of generating (``max_new_tokens`` is then ignored).
 
     Returns:
         ``(result, n_prompt)``: a :class:`~lenskit.lens.LensResult` over T + G positions
@@ -1187,17 +1203,37 @@ def lens_on_generation(
     from lenskit.models import decoder_layers, find_readout, model_name
     from lenskit.prompts import special_token_ids
 
-    n_new = _check_max_new_tokens(max_new_tokens)
     readout = find_readout(model)
     vocab = readout.vocab_size
+    if generated_ids is None:
+        n_new = _check_max_new_tokens(max_new_tokens)
+    else:
+        given = _ids_list(generated_ids)
+        if not 1 <= len(given) <= MAX_NEW_TOKENS:
+            raise GenerationLengthError(
+                f"generated_ids must hold 1..{MAX_NEW_TOKENS} token ids, got {len(given)}"
+            )
+        n_new = len(given)
+        bad = [i for i in given if not 0 <= i < vocab]
+        if bad:
+            raise InterventionError(
+                f"generated_ids {_few(bad)} are outside the vocabulary [0, {vocab})"
+            )
     if (
         isinstance(top_k, bool)
         or not isinstance(top_k, (int, np.integer))
         or not 1 <= top_k <= vocab
     ):
         raise ValueError(f"top_k must be an integer in [1, {vocab}], got {top_k!r}")
-    enc, prompt_ids = _encode_for_generation(model, tokenizer, prompt, chat, system, n_new)
-    generated = greedy_generate(model, prompt_ids, n_new, eos_token_ids=_eos_ids(model, tokenizer))
+    enc, prompt_ids = _encode_for_generation(
+        model, tokenizer, prompt, chat, system, n_new, reads_last=True
+    )
+    if generated_ids is None:
+        generated = greedy_generate(
+            model, prompt_ids, n_new, eos_token_ids=_eos_ids(model, tokenizer)
+        )
+    else:
+        generated = given
     all_ids = prompt_ids + generated
     n_layers = len(decoder_layers(model))
     ids = torch.tensor([all_ids], dtype=torch.long, device=_device(model))

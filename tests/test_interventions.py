@@ -520,8 +520,6 @@ def test_layer_pairwise_kl_bad_position(tok, llama, position):
 def test_generation_may_fill_the_context_exactly(tok, llama):
     """The last generated token is never fed back: prompt + new - 1 tokens may fill the
     context (128 here), one more may not."""
-    from lenskit.interventions import GenerationLengthError
-
     ctx = llama.config.max_position_embeddings
     prompt = next(
         p for k in range(40, 200) if 80 <= len(tok(p := "capital " * k)["input_ids"]) <= 100
@@ -536,6 +534,42 @@ def test_generation_may_fill_the_context_exactly(tok, llama):
         intervention_sweep(
             llama, tok, prompt, chat=False, positions=[1], max_new_tokens=fits + 1, layers=[0]
         )
+
+
+def test_lens_on_generation_reuses_a_known_continuation(tok, llama, monkeypatch):
+    """generated_ids (the sweep's) give the same lens as generating, without generating."""
+    import lenskit.interventions as interventions
+
+    made, n_prompt = lens_on_generation(llama, tok, PROMPT, max_new_tokens=3)
+    gen_ids = made.token_ids[n_prompt:].tolist()
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("generated again")
+
+    monkeypatch.setattr(interventions, "greedy_generate", no_generation)
+    given, n_given = lens_on_generation(llama, tok, PROMPT, generated_ids=gen_ids)
+    assert n_given == n_prompt
+    np.testing.assert_array_equal(given.token_ids, made.token_ids)
+    np.testing.assert_array_equal(given.entropy, made.entropy)
+    with pytest.raises(InterventionError, match="outside the vocabulary"):
+        lens_on_generation(llama, tok, PROMPT, generated_ids=[10**6])
+    with pytest.raises(InterventionError, match="1..64 token ids, got 0"):
+        lens_on_generation(llama, tok, PROMPT, generated_ids=[])
+
+
+def test_lens_on_generation_reads_every_generated_token(tok, llama):
+    """Unlike the sweep, the lens over prompt + generation reads the last generated token
+    too: prompt + new tokens must fit the context."""
+    ctx = llama.config.max_position_embeddings
+    prompt = next(
+        p for k in range(40, 200) if 80 <= len(tok(p := "capital " * k)["input_ids"]) <= 100
+    )
+    n_prompt = len(tok(prompt)["input_ids"])
+    ids = [5] * (ctx - n_prompt)
+    result, _ = lens_on_generation(llama, tok, prompt, chat=False, generated_ids=ids)
+    assert result.n_positions == ctx
+    with pytest.raises(GenerationLengthError, match=f"read {ctx + 1}, more than its context"):
+        lens_on_generation(llama, tok, prompt, chat=False, generated_ids=[*ids, 5])
 
 
 def test_chat_messages_keep_the_users_text_as_prompt(tok, llama):
