@@ -31,6 +31,7 @@ from lenskit import charts
 from lenskit.interventions import (
     INTERVENTIONS,
     MAX_NEW_TOKENS,
+    GenerationLengthError,
     SweepResult,
     intervention_sweep,
     layer_pairwise_kl,
@@ -936,17 +937,24 @@ def run_sweep(request: SweepRequest) -> None:
             request.intervention,
             request.seed,
         )
-        generated = tuple(int(i) for i in SweepResult.from_json(text).generated_ids)
+        sweep = SweepResult.from_json(text)
+        gen_text: str | None = None
+        n_prompt = sweep.n_prompt
         with st.spinner("Logit lens on the generated tokens\u2026"):
-            gen_text, n_prompt = generation_lens_json(
-                request.spec,
-                key,
-                request.prompt,
-                request.chat,
-                request.system,
-                generated,
-                request.top_k,
-            )
+            try:
+                gen_text, n_prompt = generation_lens_json(
+                    request.spec,
+                    key,
+                    request.prompt,
+                    request.chat,
+                    request.system,
+                    tuple(int(i) for i in sweep.generated_ids),
+                    request.top_k,
+                )
+            except GenerationLengthError as exc:
+                # At the context's edge the sweep fits (it never reads its last token) and
+                # this lens, which reads it, does not: keep the sweep.
+                _sweep_say("warning", f"No logit lens on the generated tokens: {exc}")
     except ModelLoadError as exc:
         _sweep_say("error", f"Could not load the model: {_md_escape(str(exc))}")
         return
@@ -958,9 +966,9 @@ def run_sweep(request: SweepRequest) -> None:
         return
     ss = st.session_state
     ss["sweep_json"] = text
-    ss["sweep_result"] = SweepResult.from_json(text)
+    ss["sweep_result"] = sweep
     ss["sweep_request"] = request
-    ss["gen_lens_result"] = LensResult.from_json(gen_text)
+    ss["gen_lens_result"] = None if gen_text is None else LensResult.from_json(gen_text)
     ss["gen_n_prompt"] = int(n_prompt)
 
 

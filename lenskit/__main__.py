@@ -89,6 +89,12 @@ def _add_lens_arguments(parser: argparse.ArgumentParser) -> None:
         "'ĠCanberra' (a target that starts with '-': --target=-ing)",
     )
     parser.add_argument(
+        "--target-id",
+        type=_int_in(0),
+        default=None,
+        help="the target as a token id instead (e.g. a token that is part of a character)",
+    )
+    parser.add_argument(
         "--metric",
         default="entropy",
         help="heatmap metric for .png/.svg/.html output: entropy (default), kl_to_final, "
@@ -185,8 +191,11 @@ def _run_lens(args: argparse.Namespace) -> int:
     known = getattr(charts if charts is not None else _charts_module(), "METRICS", None)
     if known is not None and args.metric not in known:
         raise CliError(f"unknown --metric {args.metric!r}; known: {', '.join(known)}")
-    if charts is not None and args.metric.startswith("target") and args.target is None:
-        raise CliError(f"--metric {args.metric} needs --target")
+    if args.target is not None and args.target_id is not None:
+        raise CliError("give --target or --target-id, not both")
+    target = args.target if args.target_id is None else args.target_id
+    if charts is not None and args.metric.startswith("target") and target is None:
+        raise CliError(f"--metric {args.metric} needs --target or --target-id")
 
     import lenskit
 
@@ -198,13 +207,15 @@ def _run_lens(args: argparse.Namespace) -> int:
         chat=not args.raw,
         system=args.system,
         top_k=args.top_k,
-        target=args.target,
+        target=target,
         progress=_progress(args.quiet),
     )
     if not _write_data(result, out):
         # Cell labels stay readable only up to the detail view's width; beyond it, colour only.
         labels = result.n_positions <= charts.DETAIL_MAX_POSITIONS
-        chart = charts.lens_heatmap(result, metric=args.metric, labels=labels)
+        # A file has no page column to fit: full-width cells keep their labels readable.
+        width = charts.DETAIL_MAX_CELL if labels else None
+        chart = charts.lens_heatmap(result, metric=args.metric, labels=labels, cell_width=width)
         charts.save_chart(chart, out)
     if not args.quiet:
         print(
@@ -258,6 +269,8 @@ def _position_spec(text: str) -> str | list[int]:
     try:
         return _index_list(text, "position", "30,31,32")
     except argparse.ArgumentTypeError as exc:
+        if "expected" not in str(exc):  # a bad range, not a bad word
+            raise
         raise argparse.ArgumentTypeError(f"{exc} (or 'template' / 'all-prompt')") from None
 
 

@@ -344,9 +344,9 @@ def _chart_title(text: str, subtitle: str, **kwargs: Any) -> alt.TitleParams:
 
 
 def _colour_legend(height: int, **kwargs: Any) -> alt.Legend:
-    """A vertical colour legend on the right, with its title no taller than the plot (a
-    gradient of 60..300 px; QA: a 120 px gradient beside a 110 px plot ran into the x-axis
-    title)."""
+    """A vertical colour legend on the right: title and gradient as tall as the plot where it
+    is 84 px or more (the gradient: 60..300 px; QA: a 120 px gradient beside a 110 px plot ran
+    into the x-axis title)."""
     return alt.Legend(orient="right", gradientLength=max(60, min(height - 24, 300)), **kwargs)
 
 
@@ -986,7 +986,7 @@ def sweep_heatmap(
         raise ValueError(f"kl_max must be a number of nats above {lo:g}, got {kl_max!r}")
     n_l, g = result.kl.shape
     if cell_width is None:
-        cell_width = max(14, min(86, GEN_CELLS_BUDGET // max(g, 1)))
+        cell_width = max(12, min(86, GEN_CELLS_BUDGET // max(g, 1)))
     if cell_height is None:
         cell_height = max(8, min(26, 620 // max(n_l, 1)))
     max_label = (cell_width - 6) // 7 if cell_height >= 14 else 0
@@ -1101,7 +1101,7 @@ def generation_lens_heatmap(
     frame["gen_label"] = [labels[int(p) - (n_prompt - 1)] for p in frame["position"]]
     r = result.n_rows
     if cell_width is None:
-        cell_width = max(14, min(70, GEN_CELLS_BUDGET // max(g, 1)))
+        cell_width = max(12, min(70, GEN_CELLS_BUDGET // max(g, 1)))
     if cell_height is None:
         cell_height = max(8, min(18, 620 // max(r, 1)))
     lo, hi = spec.domain(result.vocab_size)

@@ -978,12 +978,13 @@ def _encode_for_generation(
     n_new: int,
     *,
     reads_last: bool = False,
+    what: str | None = None,
 ) -> tuple[Any, list[int]]:
     """Encode the prompt and check that prompt + generation fits the model's context.
 
     Generating (and the sweep) never feeds the last generated token back: the model reads
     n_prompt + n_new - 1 tokens. ``reads_last``: the caller reads all n_prompt + n_new (the
-    lens over the generation).
+    lens over the generation). ``what`` names n_new in the error (default: max_new_tokens).
     """
     from lenskit.models import context_length
 
@@ -993,9 +994,9 @@ def _encode_for_generation(
     read = len(prompt_ids) + n_new - (0 if reads_last else 1)
     if ctx is not None and read > ctx:
         raise GenerationLengthError(
-            f"the prompt is {len(prompt_ids)} tokens; with max_new_tokens={n_new} the model "
-            f"would read {read}, more than its context of {ctx} tokens: shorten the prompt or "
-            "generate fewer tokens"
+            f"the prompt is {len(prompt_ids)} tokens; with {what or f'max_new_tokens={n_new}'} "
+            f"the model would read {read}, more than its context of {ctx} tokens: shorten the "
+            "prompt or generate fewer tokens"
         )
     return enc, prompt_ids
 
@@ -1103,11 +1104,17 @@ def intervention_sweep(
         InterventionError: bad ``seed``, ``batch_size`` or ``strategy`` (all of these are
             ``ValueError`` subclasses).
     """
-    from lenskit.models import decoder_layers, find_readout, model_name, progress_reporter
+    from lenskit.models import (
+        check_progress,
+        decoder_layers,
+        find_readout,
+        model_name,
+        progress_reporter,
+    )
 
     n_new = _check_max_new_tokens(max_new_tokens)
     _check_sweep_options(intervention, strategy, seed, batch_size)
-    report, close = progress_reporter(progress, "Sweep")
+    check_progress(progress)
     blocks = decoder_layers(model)
     _resolve_layers(layers, len(blocks))  # fail before the (slow) generation
     enc, prompt_ids = _encode_for_generation(model, tokenizer, prompt, chat, system, n_new)
@@ -1116,6 +1123,8 @@ def intervention_sweep(
     if intervention == "mean":
         _mean_sources(chosen_pos, len(prompt_ids))
 
+    # The bar starts after the checks: an error is then printed on a line of its own.
+    report, close = progress_reporter(progress, "Sweep")
     try:
         report(0.0, f"Generating {n_new} tokens")
         generated = greedy_generate(
@@ -1226,7 +1235,14 @@ def lens_on_generation(
     ):
         raise ValueError(f"top_k must be an integer in [1, {vocab}], got {top_k!r}")
     enc, prompt_ids = _encode_for_generation(
-        model, tokenizer, prompt, chat, system, n_new, reads_last=True
+        model,
+        tokenizer,
+        prompt,
+        chat,
+        system,
+        n_new,
+        reads_last=True,
+        what=None if generated_ids is None else f"{n_new} generated tokens",
     )
     if generated_ids is None:
         generated = greedy_generate(

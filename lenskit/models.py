@@ -615,16 +615,21 @@ def progress_reporter(
     stderr titled ``desc``, which ``close()`` removes) or None / False (silent); ``close`` is
     None unless a bar was made.
     """
+    check_progress(progress)
     if progress is True:
         return _tqdm_progress(desc)
     if progress is None or progress is False:
         return (lambda fraction, message: None), None
-    if callable(progress):
-        return progress, None
-    raise TypeError(
-        "progress must be a callback progress(fraction, message), True (a progress bar) or "
-        f"None, got {type(progress).__name__}"
-    )
+    return progress, None
+
+
+def check_progress(progress: Any) -> None:
+    """TypeError unless ``progress`` is a callback, a bool or None (see progress_reporter)."""
+    if not (progress is None or isinstance(progress, bool) or callable(progress)):
+        raise TypeError(
+            "progress must be a callback progress(fraction, message), True (a progress bar) "
+            f"or None, got {type(progress).__name__}"
+        )
 
 
 def load_model(

@@ -225,8 +225,10 @@ def encode_prompt(
             raise PromptError("The prompt is empty: give at least one message.")
         for i, message in enumerate(prompt):
             check_text(f"role of message {i}", message.get("role"))
-            check_text(f"content of message {i}", message.get("content"))
-        content = prompt[-1]["content"]
+            if isinstance(message.get("content"), str):
+                check_text(f"content of message {i}", message["content"])
+        # Earlier turns may hold None / structured content (tool calls): the template decides.
+        content = check_text("content of the last message", prompt[-1].get("content"))
     if system is not None:
         check_text("system prompt", system)
     if not content.strip():

@@ -165,9 +165,11 @@ def format_token(raw: str, max_len: int = 12, *, byte_level: bool | None = None)
             read like real symbols). False: it is shown as spelled. None (unknown): it is read
             as bytes only when they make whole UTF-8 text.
     """
+    hex_bytes = False
     if byte_level and not raw.isascii() and all(c in _byte_level_alphabet() for c in raw):
         alphabet = _byte_level_alphabet()
         text: str | None = _bytes_with_hex(bytes(alphabet[c] for c in raw))
+        hex_bytes = True
     elif byte_level is False:
         text = None
     else:
@@ -177,7 +179,8 @@ def format_token(raw: str, max_len: int = 12, *, byte_level: bool | None = None)
         shown = "".join(
             OTHER_SPACE if c != " " and unicodedata.category(c) == "Zs" else c for c in shown
         )
-    shown = shown.replace(_HEX_GAP, " ")
+    if hex_bytes:
+        shown = shown.replace(_HEX_GAP, " ")
     if shown == "":
         shown = "\u2205"  # ∅: an empty decode must still be visible
     if max_len and len(shown) > max_len:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -108,6 +109,12 @@ def test_chart_output(tiny_model_dir, tmp_path):
         (["lens", PROMPT, "--out", "{tmp}/file.json/r.json"], "is not a directory"),
         (["lens", PROMPT, "--device", "meta", "--out", "{tmp}/r.json"], "Unsupported device"),
         (["lens", PROMPT, "--metric", "entropyy", "--out", "{tmp}/r.json"], "unknown --metric"),
+        (
+            ["lens", PROMPT, "--target", "x", "--target-id", "3", "--out", "{tmp}/r.json"],
+            "not both",
+        ),
+        (["lens", PROMPT, "--target-id", "-3", "--out", "{tmp}/r.json"], ">= 0"),
+        (["lens", PROMPT, "--target-id", "99999", "--out", "{tmp}/r.json"], "outside the vocab"),
         (["lens", PROMPT, "--metric", "entropyy", "--out", "{tmp}/r.csv"], "unknown --metric"),
         (["lens", "hi \udcff", "--out", "{tmp}/r.json"], "not valid UTF-8"),
         (["lens", PROMPT, "--system", "\udcff", "--out", "{tmp}/r.json"], "not valid UTF-8"),
@@ -127,6 +134,41 @@ def test_bad_arguments_one_line(tiny_model_dir, tmp_path, capsys, args, pattern)
     err = capsys.readouterr().err.strip()
     assert err.startswith("lenskit: error:") and "\n" not in err and "Traceback" not in err
     assert pattern in err
+
+
+def test_chart_files_keep_full_width_cells(tiny_model_dir, tmp_path, monkeypatch):
+    """The app narrows wide detail views to fit its column; a file has no column, so the
+    CLI's labelled heatmap keeps 62 px cells (readable labels) whatever the width."""
+    from lenskit import charts
+
+    seen = []
+    heatmap = charts.lens_heatmap
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs.get("labels"), kwargs.get("cell_width")))
+        return heatmap(*args, **kwargs)
+
+    monkeypatch.setattr(charts, "lens_heatmap", spy)
+    out = tmp_path / "r.svg"
+    args = ["lens", "one two three", "--raw", "--model", str(tiny_model_dir), "-q"]
+    assert main([*args, "--out", str(out)]) == 0
+    assert seen == [(True, charts.DETAIL_MAX_CELL)]
+
+
+def test_target_id(tiny_model_dir, tmp_path):
+    """--target-id names a token by id (one that is part of a character has no text)."""
+    from lenskit.models import load_model
+
+    _, tok = load_model(str(tiny_model_dir))
+    tid = tok.encode(" Canberra", add_special_tokens=False)[0]
+    outs = {}
+    for flag, value in (("--target", " Canberra"), ("--target-id", str(tid))):
+        out = tmp_path / f"{flag}.json"
+        args = ["lens", PROMPT, "--model", str(tiny_model_dir), "-q", flag, value]
+        assert main([*args, "--out", str(out)]) == 0
+        outs[flag] = lenskit.LensResult.from_json(out.read_text())
+    assert outs["--target"].target_id == outs["--target-id"].target_id == tid
+    np.testing.assert_array_equal(outs["--target"].target_prob, outs["--target-id"].target_prob)
 
 
 def test_bad_arguments_subprocess_no_traceback(tmp_path):

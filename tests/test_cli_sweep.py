@@ -65,7 +65,7 @@ def test_sweep_png(tiny_model_dir, tmp_path):
         (["--positions", "9999"], "9999"),
         (["--positions", ""], "selects no position"),
         (["--positions", " , "], "selects no position"),
-        (["--positions", "5-3"], "position range '5-3' runs backwards"),
+        (["--positions", "5-3"], "position range '5-3' runs backwards"),  # and nothing more
         (["--positions", "templat"], "'template' / 'all-prompt'"),
         (["--intervention", "zap"], "zap"),
     ],
@@ -78,6 +78,16 @@ def test_sweep_bad_arguments(tiny_model_dir, tmp_path, capsys, extra, message):
     assert err.startswith("lenskit: error:") and len(err.splitlines()) == 1
     assert message in err and len(err) < 300
     assert not out.exists()
+
+
+def test_sweep_error_is_not_printed_on_a_progress_bar(tiny_model_dir, tmp_path, capsys):
+    """Review: with progress bars on, a bad --positions left the sweep's bar open and the
+    error was printed on its line; the bar starts only after the checks."""
+    out = tmp_path / "s.json"
+    args = ["sweep", PROMPT, "--model", str(tiny_model_dir), "--positions", "999"]
+    assert main([*args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "Sweep" not in err and err.strip().splitlines()[-1].startswith("lenskit: error:")
 
 
 @pytest.mark.parametrize("intervention", ["mean", "noise"])

@@ -568,7 +568,10 @@ def test_lens_on_generation_reads_every_generated_token(tok, llama):
     ids = [5] * (ctx - n_prompt)
     result, _ = lens_on_generation(llama, tok, prompt, chat=False, generated_ids=ids)
     assert result.n_positions == ctx
-    with pytest.raises(GenerationLengthError, match=f"read {ctx + 1}, more than its context"):
+    with pytest.raises(
+        GenerationLengthError,
+        match=f"with {len(ids) + 1} generated tokens the model would read {ctx + 1}, more",
+    ):
         lens_on_generation(llama, tok, prompt, chat=False, generated_ids=[*ids, 5])
 
 

@@ -151,7 +151,8 @@ def test_progress_callback(llama, tok):
         ({"system": "\udcfe"}, PromptError, "system prompt is not valid UTF-8"),
         ({"target": "\udcff"}, TargetError, "target is not valid UTF-8"),
         ({"prompt": 123}, PromptError, "must be text .* got int"),
-        ({"prompt": [{"role": "user", "content": None}]}, PromptError, "content of message 0"),
+        ({"prompt": [{"role": "user", "content": None}]}, PromptError, "content of the last"),
+        ({"prompt": [{"role": 1, "content": "hi"}]}, PromptError, "role of message 0"),
         ({"target": 3.0}, TargetError, "must be text .* got float"),
         ({"target": True}, TargetError, "got bool"),
     ],
@@ -173,10 +174,13 @@ def test_target_message_suggests_a_piece_that_works(llama, tok, target):
     """The first piece the message offers is accepted as a target and is the first token."""
     with pytest.raises(TargetError) as info:
         target_token_id(tok, target)
+    first = tok.encode(target, add_special_tokens=False)[0]
     suggested = re.search(r"the first piece is ('.*?'|\".*?\") if", str(info.value))
-    assert suggested, str(info.value)
-    piece = ast.literal_eval(suggested.group(1))
-    assert target_token_id(tok, piece) == tok.encode(target, add_special_tokens=False)[0]
+    if suggested:
+        assert target_token_id(tok, ast.literal_eval(suggested.group(1))) == first
+    else:  # a single byte of a character (this tokenizer's emoji): named by its id
+        assert f"part of a character: give its id {first}" in str(info.value)
+        assert "\U0001f998" in target
 
 
 def test_fragments_of_characters_display_as_bytes(llama, tok):
@@ -209,11 +213,33 @@ def test_leading_space_hint_only_when_it_helps(tok):
     assert "leading space" not in str(info.value)
 
 
+@pytest.mark.parametrize("text", ["\u00e9", "\u00fc", "\u00b0", "\u00a3"])
+def test_text_target_is_never_read_as_a_byte(tok, text):
+    """Review: "é" is also the byte-level entry for the byte 0xE9 (part of other characters);
+    typed as text it is two tokens, an error, not that byte's id."""
+    assert len(tok.encode(text, add_special_tokens=False)) > 1
+    assert tok.convert_tokens_to_ids(text) != tok.unk_token_id
+    with pytest.raises(TargetError, match="tokens"):
+        target_token_id(tok, text)
+
+
+def test_earlier_turns_may_hold_structured_content(llama, tok):
+    """Only the last message (the user's text) must be text; a template decides the rest."""
+    messages = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": None},
+        {"role": "user", "content": PROMPT},
+    ]
+    # This ChatML template cannot render None: its own error, not a "must be text" one.
+    with pytest.raises(PromptError, match="chat template rejected"):
+        lenskit.run_lens(llama, tok, messages)
+
+
 def test_target_by_vocabulary_spelling(tok):
-    """A vocabulary entry (byte-level "\u0120Canberra", part of an emoji) names its own id."""
-    emoji_ids = tok.encode("\U0001f998", add_special_tokens=False)
-    assert len(emoji_ids) > 1
-    for tid in [tok.encode(" Canberra", add_special_tokens=False)[0], emoji_ids[0]]:
+    """A vocabulary entry with a space / byte marker (byte-level "\u0120Canberra") names
+    its own id."""
+    for text in [" Canberra", " the"]:
+        tid = tok.encode(text, add_special_tokens=False)[0]
         spelling = tok.convert_ids_to_tokens(tid)
         assert tok.encode(spelling, add_special_tokens=False) != [tid]
         assert target_token_id(tok, spelling) == tid

@@ -170,3 +170,10 @@ def test_byte_level_vocabulary():
     words.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback()])
     sentencepiece = transformers.PreTrainedTokenizerFast(tokenizer_object=words)
     assert byte_level_vocabulary(sentencepiece) is False
+
+
+def test_private_use_characters_stay():
+    """Review: the stand-in joining <F0 9F>'s bytes is U+E000; a vocabulary that really holds
+    it keeps it."""
+    assert format_token("a\ue000b", max_len=0) == "a\ue000b"
+    assert format_token("a\ue000b", max_len=0, byte_level=False) == "a\ue000b"

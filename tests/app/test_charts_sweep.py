@@ -207,10 +207,14 @@ def test_small_sweep_keeps_room_for_axis_title_and_legend(n_blocks: int) -> None
     assert legend["gradientLength"] + 24 <= spec["height"]  # title + gradient beside the plot
 
 
-def test_generation_charts_fit_a_column() -> None:
-    """64 generated tokens: the cells stay within GEN_CELLS_BUDGET px."""
-    spec = charts.chart_spec(charts.sweep_heatmap(make_sweep(g=40, changed=None)))
+@pytest.mark.parametrize("g", [40, 64])
+def test_generation_charts_fit_a_column(g: int) -> None:
+    """Up to 64 generated tokens: the cells stay within GEN_CELLS_BUDGET px."""
+    spec = charts.chart_spec(charts.sweep_heatmap(make_sweep(g=g, changed=None)))
     assert spec["width"] <= charts.GEN_CELLS_BUDGET
+    result = make_result(tokens=[f"t{i}" for i in range(10 + g)])
+    gen = charts.chart_spec(charts.generation_lens_heatmap(result, 10))
+    assert gen["width"] <= charts.GEN_CELLS_BUDGET
 
 
 def test_sweep_exports(tmp_path) -> None:
