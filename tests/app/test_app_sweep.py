@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
+import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
@@ -124,6 +125,24 @@ def test_sweep_shows_heatmap(app: AppTest) -> None:
     assert {"dl_sweep_csv", "dl_sweep_json", "dl_sweep_kl_png", "dl_sweep_kl_svg"} <= keys
     # the lens tab is untouched
     assert app.session_state["lens_result"] is lens
+
+
+def test_sweep_kept_when_the_generation_lens_does_not_fit(app: AppTest, monkeypatch) -> None:
+    """At the context's edge the sweep fits (it never reads its last token) and the lens over
+    the generation does not: the sweep is shown, with a warning instead of that lens."""
+    import lenskit.interventions as interventions
+
+    def too_long(*args, **kwargs):
+        raise interventions.GenerationLengthError("the model would read 129, more than 128")
+
+    monkeypatch.setattr(interventions, "lens_on_generation", too_long)
+    st.cache_data.clear()  # an earlier test's cached lens would hide the patched function
+    run_sweep(app, sweep_max_new=2)
+    assert not app.exception and not tab(app).error, tab_messages(app)
+    assert app.session_state["sweep_result"] is not None
+    assert app.session_state["gen_lens_result"] is None
+    assert "sweep" in specs(app) and "gen_lens" not in specs(app)
+    assert "no logit lens on the generated tokens" in tab_messages(app).lower()
 
 
 def test_unused_picked_positions_are_mentioned(app: AppTest) -> None:
