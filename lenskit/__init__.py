@@ -5,55 +5,78 @@ Public API::
     model, tokenizer = lenskit.load_model("default")          # or a hub id / dir / .gguf
     result = lenskit.run_lens(model, tokenizer, "What is the capital of Australia?")
     result.entropy            # [R, T] nats, R = L + 1 rows ("emb", "1".."L-1", "out")
+
+The layers, the data flow and the definitions are in docs/architecture.md.
 """
 
-from lenskit.interventions import (
-    INTERVENTIONS,
-    MAX_NEW_TOKENS,
+from lenskit.api import run
+from lenskit.errors import (
     GenerationLengthError,
+    InputError,
     InterventionError,
     LayerSelectionError,
+    LenskitError,
+    ModelLoadError,
     PositionSelectionError,
-    SweepResult,
+    PromptError,
+    ReadoutError,
+    TargetError,
     UnknownInterventionError,
-    greedy_generate,
-    intervention_sweep,
+)
+from lenskit.interventions import INTERVENTIONS, intervention_sweep, sweep_report
+from lenskit.lens import (
+    Lens,
+    LogitLens,
+    ReadoutEngine,
+    layer_names,
     layer_pairwise_kl,
     lens_on_generation,
+    run_lens,
 )
-from lenskit.lens import LensResult, TargetError, layer_names, run_lens
-from lenskit.models import (
-    ModelLoadError,
+from lenskit.model import (
     Readout,
-    ReadoutError,
     cache_dir,
     decoder_layers,
     find_readout,
     load_model,
 )
+from lenskit.model.generate import greedy_generate
 from lenskit.ops import backend, entropy, entropy_lse, extension_error, kl_div, pairwise_kl
-from lenskit.prompts import EncodedPrompt, PromptError, encode_prompt
+from lenskit.requests import MAX_NEW_TOKENS as _MAX_NEW_TOKENS_OPTION
+from lenskit.requests import LensRequest, PairwiseRequest, SweepRequest
+from lenskit.results import GenerationLens, LensResult, PairwiseKL, SweepReport, SweepResult
+from lenskit.text import EncodedPrompt, encode_prompt
+
+#: Upper bound of ``max_new_tokens`` (:data:`lenskit.requests.MAX_NEW_TOKENS`).
+MAX_NEW_TOKENS: int = _MAX_NEW_TOKENS_OPTION.hi
 
 __all__ = [
     "INTERVENTIONS",
     "MAX_NEW_TOKENS",
+    "EncodedPrompt",
     "GenerationLengthError",
+    "GenerationLens",
+    "InputError",
     "InterventionError",
     "LayerSelectionError",
-    "PositionSelectionError",
-    "SweepResult",
-    "UnknownInterventionError",
-    "greedy_generate",
-    "intervention_sweep",
-    "layer_pairwise_kl",
-    "lens_on_generation",
-    "EncodedPrompt",
+    "Lens",
+    "LensRequest",
     "LensResult",
+    "LenskitError",
+    "LogitLens",
     "ModelLoadError",
+    "PairwiseKL",
+    "PairwiseRequest",
+    "PositionSelectionError",
     "PromptError",
     "Readout",
+    "ReadoutEngine",
     "ReadoutError",
+    "SweepReport",
+    "SweepRequest",
+    "SweepResult",
     "TargetError",
+    "UnknownInterventionError",
     "backend",
     "cache_dir",
     "decoder_layers",
@@ -62,10 +85,16 @@ __all__ = [
     "entropy_lse",
     "extension_error",
     "find_readout",
+    "greedy_generate",
+    "intervention_sweep",
     "kl_div",
     "layer_names",
+    "layer_pairwise_kl",
+    "lens_on_generation",
     "load_model",
     "pairwise_kl",
+    "run",
     "run_lens",
+    "sweep_report",
 ]
 __version__ = "0.1.0"

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import lenskit
-from lenskit import models
+from lenskit.model import architecture, gguf
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +28,7 @@ def test_shape_and_template(default_model, lens):
     template = [lens.tokens[i] for i in lens.template_positions]
     assert template == ["<|im_end|>", "\u010a", "<|im_start|>", "ass", "istant", "\u010a"]
     assert lens.template_positions[-1] == lens.n_positions - 1
-    assert models.model_name(model).startswith("SmolLM2-135M-Instruct")
+    assert architecture.model_name(model).startswith("SmolLM2-135M-Instruct")
 
 
 def test_greedy_answer_matches_generate(default_model, lens):
@@ -64,9 +64,9 @@ def test_target_and_statistics_sane(lens):
 
 
 def test_cache_written(default_model):
-    path = models._gguf_cache_path(models.default_model_path())
+    path = gguf._gguf_cache_path(gguf.default_model_path())
     assert (path / "model.safetensors").is_file() and (path / "tokenizer.json").is_file()
     # one conversion per GGUF file: older keys of the same file were pruned when it was written
-    source = models.default_model_path().resolve()
-    same = [e for e in path.parent.iterdir() if models._cached_source(e) == source]
+    source = gguf.default_model_path().resolve()
+    same = [e for e in path.parent.iterdir() if gguf._cached_source(e) == source]
     assert same == [path]

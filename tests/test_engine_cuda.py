@@ -16,8 +16,8 @@ from conftest import make_chatml_tokenizer, make_tiny_model
 from test_interventions import _strong
 
 import lenskit
-from lenskit.__main__ import main
-from lenskit.interventions import intervention_sweep, layer_pairwise_kl, lens_on_generation
+from lenskit import intervention_sweep, layer_pairwise_kl, lens_on_generation
+from lenskit.cli import main
 
 pytestmark = [
     pytest.mark.cuda,

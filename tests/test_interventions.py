@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import make_chatml_tokenizer, make_tiny_model
 
-from lenskit.interventions import (
+from lenskit import (
     INTERVENTIONS,
     GenerationLengthError,
     InterventionError,
@@ -26,10 +26,10 @@ from lenskit.interventions import (
     layer_pairwise_kl,
     lens_on_generation,
 )
-from lenskit.lens import run_lens
-from lenskit.models import decoder_layers, find_readout
+from lenskit import run_lens
+from lenskit.model import decoder_layers, find_readout
 from lenskit.ops import kl_div
-from lenskit.prompts import encode_prompt
+from lenskit.text.prompts import encode_prompt
 
 PROMPT = "What is the capital of Australia?"
 # Tolerance for "equal up to float rounding" between batched and sequential KL (nats).
@@ -271,12 +271,12 @@ def test_progress_bar(tok, llama, capsys):
     ],
 )
 def test_options_are_checked_before_generating(tok, llama, monkeypatch, kwargs, pattern):
-    import lenskit.interventions as interventions
+    from lenskit.interventions import sweep
 
     def no_generation(*args, **kw):
         raise AssertionError("generated before checking the options")
 
-    monkeypatch.setattr(interventions, "greedy_generate", no_generation)
+    monkeypatch.setattr(sweep, "greedy_generate", no_generation)
     with pytest.raises((ValueError, TypeError), match=pattern):
         intervention_sweep(llama, tok, PROMPT, **kwargs)
 
@@ -285,7 +285,7 @@ def test_options_are_checked_before_generating(tok, llama, monkeypatch, kwargs, 
 def test_prefix_strategy_starts_at_the_first_intervened_position(tok, family):
     """The fast path really is used: rows start at their own block and at min(positions)
     (earlier positions come from the clean KV cache), and it self-checks against the model."""
-    from lenskit.interventions import _prepare_clean
+    from lenskit.interventions.replay import _prepare_clean
 
     model = _strong(make_tiny_model(family, len(tok)))
     enc = encode_prompt(tok, PROMPT)
@@ -299,19 +299,19 @@ def test_prefix_strategy_starts_at_the_first_intervened_position(tok, family):
     assert used == "prefix" and clean.split == 0
 
 
-def test_auto_falls_back_without_a_readout(tok, llama):
-    from lenskit.interventions import _sweep_ids
+def test_auto_falls_back_without_a_readout(tok, llama, monkeypatch):
+    from lenskit.interventions import sweep
 
     enc = encode_prompt(tok, PROMPT)
     gen = greedy_generate(llama, enc.input_ids, 3)
     kw = dict(positions=enc.template_positions)
-    blocks = decoder_layers(llama)
-    a = _sweep_ids(llama, blocks, None, enc.input_ids, gen, **kw)
-    b = _sweep_ids(llama, blocks, find_readout(llama).logits, enc.input_ids, gen, **kw)
+    b = sweep.sweep_token_ids(llama, enc.input_ids, gen, **kw)
+    monkeypatch.setattr(sweep, "_model_readout", lambda model: None)  # no read-out found
+    a = sweep.sweep_token_ids(llama, enc.input_ids, gen, **kw)
     assert (a["strategy"], b["strategy"]) == ("batched", "prefix")
     np.testing.assert_allclose(a["kl"], b["kl"], atol=ATOL)
     with pytest.raises(InterventionError, match="prefix"):
-        _sweep_ids(llama, blocks, None, enc.input_ids, gen, strategy="prefix", **kw)
+        sweep.sweep_token_ids(llama, enc.input_ids, gen, strategy="prefix", **kw)
 
 
 def test_hooks_ignore_other_threads(tok, llama):
@@ -319,9 +319,10 @@ def test_hooks_ignore_other_threads(tok, llama):
     touch forward passes that other threads run through the same blocks meanwhile."""
     import threading
 
-    from lenskit.interventions import _InterventionHook
+    from lenskit.interventions.hooks import _InterventionHook
 
-    hook = _InterventionHook("skip", torch.tensor([1]), None)
+    skip = INTERVENTIONS["skip"]
+    hook = _InterventionHook(skip, torch.tensor([1]), None, layer=0, seed=0, n_prompt=3)
     x, y = torch.zeros(1, 3, 4), torch.ones(1, 3, 4)
     assert hook(None, (x,), {}, y)[0, 1].eq(0).all()  # this thread: edited
     seen = []
@@ -538,7 +539,7 @@ def test_generation_may_fill_the_context_exactly(tok, llama):
 
 def test_lens_on_generation_reuses_a_known_continuation(tok, llama, monkeypatch):
     """generated_ids (the sweep's) give the same lens as generating, without generating."""
-    import lenskit.interventions as interventions
+    from lenskit.lens import views
 
     made, n_prompt = lens_on_generation(llama, tok, PROMPT, max_new_tokens=3)
     gen_ids = made.token_ids[n_prompt:].tolist()
@@ -546,7 +547,7 @@ def test_lens_on_generation_reuses_a_known_continuation(tok, llama, monkeypatch)
     def no_generation(*args, **kwargs):
         raise AssertionError("generated again")
 
-    monkeypatch.setattr(interventions, "greedy_generate", no_generation)
+    monkeypatch.setattr(views, "greedy_generate", no_generation)
     given, n_given = lens_on_generation(llama, tok, PROMPT, generated_ids=gen_ids)
     assert n_given == n_prompt
     np.testing.assert_array_equal(given.token_ids, made.token_ids)
@@ -601,7 +602,7 @@ def test_mean_error_elides_long_position_lists(tok, llama):
 
 
 def test_layer_pairwise_kl_prompt_beyond_context(tok, llama):
-    from lenskit.prompts import PromptError
+    from lenskit.errors import PromptError
 
     with pytest.raises(PromptError, match="context of 128 tokens"):
         layer_pairwise_kl(llama, tok, PROMPT * 20, -1)
@@ -612,7 +613,7 @@ def test_layer_pairwise_kl_prompt_beyond_context(tok, llama):
 
 @pytest.fixture(scope="session")
 def default_model():
-    from lenskit.models import load_model
+    from lenskit import load_model
 
     return load_model("default")
 
@@ -666,7 +667,8 @@ def test_top_token_and_probability_are_the_intervened_runs(tok, llama):
 
 def test_noise_is_scaled_by_the_residual_rms(tok, llama):
     """ "noise": h_out[t] += NOISE_SCALE * rms(h_out[t]) * eps[t], eps fixed by (seed, l)."""
-    from lenskit.interventions import NOISE_SCALE, _noise
+    from lenskit.interventions.registry import NOISE_SCALE
+    from lenskit.interventions.registry import standard_noise as _noise
 
     positions, layer, seed = [5, 9, 40], 1, 4
     res = intervention_sweep(

@@ -12,8 +12,10 @@ import torch
 from conftest import FAMILIES, make_chatml_tokenizer, make_plain_tokenizer, make_tiny_model
 
 import lenskit
-from lenskit.lens import LensResult, TargetError, _topk, layer_names, target_token_id
-from lenskit.prompts import PromptError
+from lenskit import LensResult, TargetError, layer_names
+from lenskit.errors import PromptError
+from lenskit.lens.readout import blocked_topk as _topk
+from lenskit.text.targets import target_token_id
 
 PROMPT = "What is the capital of Australia?"
 
@@ -300,7 +302,7 @@ def test_bfloat16_model(tok):
 
 def test_display_tokens_are_formatted(llama, tok):
     """display_tokens (and the frame's display_token column) are the readable spellings."""
-    from lenskit.tokens import format_token
+    from lenskit.text.tokens import format_token
 
     res = lenskit.run_lens(llama, tok, PROMPT)
     assert list(res.display_tokens) == [format_token(str(t)) for t in res.tokens]

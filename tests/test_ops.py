@@ -883,7 +883,7 @@ def test_compiled_ops_serve_cpu_unless_torch_is_forced(monkeypatch, setting):
         raise AssertionError("the PyTorch fallback ran instead of the compiled op")
 
     for name in ("entropy", "entropy_lse", "kl_div", "pairwise_kl"):
-        monkeypatch.setattr(f"lenskit.reference.{name}", fallback)
+        monkeypatch.setattr(f"lenskit.ops.reference.{name}", fallback)
     x = make_logits((3, 50), torch.float32, seed=1)
     y = make_logits((3, 50), torch.float32, seed=2)
     assert_close(lenskit.entropy(x), ref_entropy(x))

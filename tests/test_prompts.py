@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from conftest import make_chatml_tokenizer, make_llama3_tokenizer, make_plain_tokenizer
 
-from lenskit.prompts import EncodedPrompt, PromptError, encode_prompt
+from lenskit.errors import PromptError
+from lenskit.text.prompts import EncodedPrompt, encode_prompt
 
 Q = "What is the capital of Australia?"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import make_chatml_tokenizer
 
-from lenskit.tokens import ELLIPSIS, format_token, position_labels
+from lenskit.text.tokens import ELLIPSIS, format_token, position_labels
 
 
 @pytest.mark.parametrize(
@@ -156,7 +156,7 @@ def test_byte_level_vocabulary():
     import transformers
     from tokenizers import Tokenizer, models
 
-    from lenskit.tokens import byte_level_vocabulary
+    from lenskit.text.tokens import byte_level_vocabulary
 
     assert byte_level_vocabulary(make_chatml_tokenizer()) is True
     words = Tokenizer(models.WordLevel({"a": 0, "\u00e9": 1, "[UNK]": 2}, unk_token="[UNK]"))

@@ -1,6 +1,6 @@
 """Pure-PyTorch versions of the ops: the fallback backend and the tests' second opinion.
 
-Every function follows the numerical contract in DESIGN.md: inputs float32/float16/bfloat16,
+Every function follows the numerical contract in docs/architecture.md: inputs float32/float16/bfloat16,
 reduction over the last dim in float32, output float32 of shape ``logits.shape[:-1]``
 (``[N, M]`` for :func:`pairwise_kl`).
 
@@ -19,6 +19,8 @@ from __future__ import annotations
 import math
 
 import torch
+
+from lenskit.errors import InputError
 
 __all__ = ["entropy", "entropy_lse", "kl_div", "pairwise_kl", "DEFAULT_CHUNK_ELEMENTS"]
 
@@ -39,7 +41,7 @@ def check_logits(name: str, x: torch.Tensor) -> None:
             f"(shape {tuple(x.shape)})"
         )
     if x.dim() < 1:
-        raise ValueError(
+        raise InputError(
             f"lenskit: {name} must have at least 1 dimension (the vocabulary), got a 0-d tensor"
         )
 
@@ -49,16 +51,16 @@ def check_pair(p: torch.Tensor, q: torch.Tensor, *, same_shape: bool) -> None:
     check_logits("p_logits", p)
     check_logits("q_logits", q)
     if p.device != q.device:
-        raise ValueError(f"lenskit: p_logits is on {p.device} but q_logits is on {q.device}")
+        raise InputError(f"lenskit: p_logits is on {p.device} but q_logits is on {q.device}")
     if same_shape:
         if p.shape != q.shape:
-            raise ValueError(
+            raise InputError(
                 f"lenskit: p_logits and q_logits must have the same shape, got "
                 f"{tuple(p.shape)} and {tuple(q.shape)}"
             )
     else:
         if p.dim() != 2 or q.dim() != 2 or p.shape[1] != q.shape[1]:
-            raise ValueError(
+            raise InputError(
                 f"lenskit: pairwise_kl needs p_logits [N, V] and q_logits [M, V] with the same V, "
                 f"got {tuple(p.shape)} and {tuple(q.shape)}"
             )

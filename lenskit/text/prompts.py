@@ -13,14 +13,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["EncodedPrompt", "PromptError", "encode_prompt", "special_token_ids"]
+from lenskit.errors import InputError, PromptError
+
+__all__ = ["EncodedPrompt", "PromptError", "check_text", "encode_prompt", "special_token_ids"]
 
 # Characters no template adds or strips and no tokenizer merges across (private use area).
 _SENTINEL = "\ue000lenskit\ue001"
-
-
-class PromptError(ValueError):
-    """The prompt cannot be encoded as asked (empty, too long, no chat template ...)."""
 
 
 @dataclass
@@ -59,14 +57,14 @@ class EncodedPrompt:
         if n == 0:
             raise PromptError("EncodedPrompt has no tokens")
         if len(self.tokens) != n or len(self.is_special) != n:
-            raise ValueError(
+            raise InputError(
                 f"EncodedPrompt: input_ids ({n}), tokens ({len(self.tokens)}) and is_special "
                 f"({len(self.is_special)}) must have the same length"
             )
         if any(p < 0 or p >= n for p in self.template_positions):
-            raise ValueError(f"EncodedPrompt: template_positions out of range [0, {n})")
+            raise InputError(f"EncodedPrompt: template_positions out of range [0, {n})")
         if not self.chat and self.template_positions:
-            raise ValueError("EncodedPrompt: a raw (chat=False) prompt has no template positions")
+            raise InputError("EncodedPrompt: a raw (chat=False) prompt has no template positions")
 
     def __len__(self) -> int:
         return len(self.input_ids)

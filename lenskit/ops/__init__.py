@@ -3,7 +3,7 @@
 When the compiled extension ``lenskit._C`` is importable it registers
 ``torch.ops.lenskit.{entropy,entropy_lse,kl_div,pairwise_kl}`` (C++ on CPU, CUDA on GPUs) and the
 functions here call those ops. Otherwise, or with ``LENSKIT_BACKEND=torch``, they call the
-pure-PyTorch versions in :mod:`lenskit.reference`, which follow the same contract.
+pure-PyTorch versions in :mod:`lenskit.ops.reference`, which follow the same contract.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import os
 
 import torch
 
-from lenskit import reference
+from lenskit.errors import InputError
+from lenskit.ops import reference
 
 __all__ = ["entropy", "entropy_lse", "kl_div", "pairwise_kl", "backend", "extension_error"]
 
@@ -41,11 +42,11 @@ def backend(device: str | torch.device = "cpu") -> str:
     unset: the compiled ops where they serve the device).
 
     Raises:
-        ValueError: ``LENSKIT_BACKEND`` holds anything else (a typo must not go unnoticed).
+        InputError: ``LENSKIT_BACKEND`` holds anything else (a typo must not go unnoticed).
     """
     forced = os.environ.get("LENSKIT_BACKEND", "").strip().lower()
     if forced not in ("", "auto", "torch"):
-        raise ValueError(
+        raise InputError(
             f"LENSKIT_BACKEND={os.environ['LENSKIT_BACKEND']!r}: use 'torch' to force the "
             "PyTorch fallback, or 'auto' / unset for the compiled ops"
         )

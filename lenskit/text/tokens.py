@@ -8,7 +8,15 @@ import unicodedata
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["byte_level_vocabulary", "format_token", "position_labels"]
+import numpy as np
+
+__all__ = [
+    "byte_level_vocabulary",
+    "format_token",
+    "position_labels",
+    "token_strings",
+    "vocab_strings",
+]
 
 # Byte-level BPE (GPT-2, Llama-3, SmolLM2) encodes space/newline/tab as these code points;
 # SentencePiece (Llama-2, Gemma) marks a leading space with U+2581.
@@ -191,3 +199,25 @@ def format_token(raw: str, max_len: int = 12, *, byte_level: bool | None = None)
 def position_labels(display_tokens: Sequence[str]) -> list[str]:
     """Unique axis labels ``"<position>:<token>"``, so repeated tokens stay separate columns."""
     return [f"{i}:{tok}" for i, tok in enumerate(display_tokens)]
+
+
+def vocab_strings(tokenizer: Any, ids: np.ndarray) -> np.ndarray:
+    """Raw vocabulary strings for an int array of any shape (ids past the tokenizer -> "<id>")."""
+    uniq, inverse = np.unique(ids, return_inverse=True)
+    n_tok = len(tokenizer)
+    strings = []
+    known = [int(i) for i in uniq if 0 <= i < n_tok]
+    conv = dict(zip(known, tokenizer.convert_ids_to_tokens(known), strict=True)) if known else {}
+    for i in uniq:
+        s = conv.get(int(i))
+        strings.append(s if s is not None else f"<{int(i)}>")
+    out = np.empty(len(strings), dtype=object)
+    out[:] = strings
+    return out[inverse].reshape(ids.shape)
+
+
+def token_strings(tokenizer: Any, ids: Sequence[int]) -> list[str]:
+    """Raw vocabulary strings of a list of ids (the ids themselves without a tokenizer)."""
+    if tokenizer is None:
+        return [str(i) for i in ids]
+    return [str(t) for t in tokenizer.convert_ids_to_tokens([int(i) for i in ids])]

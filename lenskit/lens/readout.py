@@ -1,0 +1,263 @@
+"""THE read-out engine: hidden state at row i -> logits -> per-cell statistics, streamed.
+
+Rows (R = L + 1, L = number of decoder blocks): row 0 "emb" = ``hidden_states[0]`` read out;
+row i in 1..L-1 = the output of block i (``decoder_layers(model)[i - 1]``) read out; row L
+"out" = the model's own logits, exactly (Hugging Face's last hidden state is already normed:
+it is only unembedded). Inner rows go through the lens, then the model's read-out (final
+norm, unembedding, logit scaling / soft-capping); see docs/architecture.md.
+
+The read-out streams over chunks of positions, so at most ``chunk x R x V`` logits exist at
+a time; each chunk is reduced to entropy, KL(out || row), top-k and target statistics by the
+fused ops. Every view (run_lens, the lens over a generation, layer x layer KL, dataset mode)
+reads out through :class:`ReadoutEngine`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from lenskit.errors import InputError, ReadoutError
+from lenskit.lens.lenses import Lens, get_lens
+from lenskit.model.architecture import decoder_layers, find_readout, vocabulary_mismatch
+from lenskit.model.forward import hidden_states_forward, model_device
+from lenskit.ops import entropy_lse, kl_div
+from lenskit.progress import Progress, silent
+
+__all__ = ["DEFAULT_CHUNK_BYTES", "ReadoutEngine", "blocked_topk", "layer_names"]
+
+#: Bytes of fp32 logits per read-out chunk when ``chunk_size`` is not given (the default
+#: model's 31 rows x ~44 positions: one chunk for short prompts, bounded for long ones).
+DEFAULT_CHUNK_BYTES = 256 << 20
+
+
+def layer_names(n_layers: int) -> list[str]:
+    """Row labels for L decoder blocks: ``["emb", "1", ..., "L-1", "out"]`` (R = L + 1)."""
+    return ["emb", *[str(i) for i in range(1, n_layers)], "out"]
+
+
+def blocked_topk(z: torch.Tensor, k: int, block: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k of ``z [M, V]`` along the last dim, (values, ids), largest first.
+
+    On CPU ``torch.topk`` over a long row is ~6x slower than one vectorised ``amax``; the k
+    largest values always lie in the k blocks with the largest maxima (a block holding one
+    of them has a maximum >= the k-th value, and at most k blocks can), so rank block maxima
+    first and run the exact topk on those k blocks (plus the ragged tail) only.
+    """
+    m, v = z.shape
+    n_blocks = v // block
+    if z.device.type != "cpu" or n_blocks <= 2 * k:
+        return torch.topk(z, k, dim=-1)
+    body = n_blocks * block
+    block_max = z[:, :body].view(m, n_blocks, block).amax(dim=-1)
+    best_blocks = torch.topk(block_max, k, dim=-1).indices  # [M, k]
+    offsets = torch.arange(block, device=z.device)
+    idx = (best_blocks[:, :, None] * block + offsets).view(m, k * block)
+    if body < v:  # the tail that does not fill a block is always a candidate
+        tail = torch.arange(body, v, device=z.device).expand(m, v - body)
+        idx = torch.cat([idx, tail], dim=1)
+    vals, j = torch.topk(torch.gather(z, 1, idx), k, dim=-1)
+    return vals, torch.gather(idx, 1, j)
+
+
+def _chunk_stats(z: torch.Tensor, k: int, targets: Sequence[int]) -> dict[str, torch.Tensor]:
+    """Statistics of one chunk of read-out logits ``z [P, R, V]`` (row R-1 is "out" at each
+    of the P positions): fused entropy + log-normaliser, fused KL to the out row, one
+    block-max top-k; the log-normaliser gives the top-k and target probabilities."""
+    p, r, v = z.shape
+    flat = z.view(p * r, v)
+    ent, lse = entropy_lse(flat)
+    ent = ent.view(p, r)
+    lse = lse.view(p, r)
+    top_vals, top_ids = blocked_topk(flat, k)
+    z_out = z[:, r - 1, :]
+    # Per position: its out row broadcast (stride 0, no copy) against the position's R rows.
+    kl = torch.stack([kl_div(z_out[i].expand(r, v), z[i]) for i in range(p)])
+    bad = ~torch.isfinite(lse)
+    if bool(bad.any()):  # all -inf, NaN or +inf rows: the fused lse is NaN there
+        lse[bad] = torch.logsumexp(flat.view(p, r, v)[bad].float(), dim=-1)
+    # Rounding can put lse a hair below the top logit: keep probabilities <= 1.
+    lse = torch.maximum(lse, top_vals[:, 0].float().view(p, r))
+    stats = {
+        "entropy": ent,
+        "kl_to_final": kl,
+        "top_ids": top_ids.view(p, r, k),
+        "top_probs": torch.exp(top_vals.float().view(p, r, k) - lse[:, :, None]),
+    }
+    if len(targets):
+        ids = torch.as_tensor(list(targets), dtype=torch.long, device=z.device)
+        zt = flat[:, ids]  # [P*R, n]
+        stats["target_prob"] = torch.exp(zt.float().view(p, r, -1) - lse[:, :, None])
+        ranks = [(flat > zt[:, j : j + 1]).sum(dim=-1) for j in range(len(targets))]
+        stats["target_rank"] = torch.stack(ranks, dim=-1).view(p, r, -1)
+    return stats
+
+
+class ReadoutEngine:
+    """The read-out of one model through one lens.
+
+    Args:
+        model: a causal LM (any device / dtype).
+        lens: a :class:`~lenskit.lens.lenses.Lens` or its name (None: the logit lens).
+        tokenizer: when given, checked against the model's vocabulary.
+
+    Raises:
+        ReadoutError: the architecture's blocks or read-out cannot be found.
+        InputError: the lens or the tokenizer does not fit the model.
+    """
+
+    def __init__(self, model: Any, lens: Lens | str | None = None, tokenizer: Any = None):
+        self.model = model
+        self.readout = find_readout(model)
+        self.n_layers = len(decoder_layers(model))
+        self.lens = get_lens(lens)
+        self.lens.check(model)
+        mismatch = vocabulary_mismatch(model, tokenizer)
+        if mismatch is not None:
+            raise InputError(f"This model and tokenizer do not fit: {mismatch}")
+
+    @property
+    def n_rows(self) -> int:
+        """R = L + 1."""
+        return self.n_layers + 1
+
+    @property
+    def vocab_size(self) -> int:
+        """V, the number of logits per cell."""
+        return self.readout.vocab_size
+
+    @property
+    def row_names(self) -> list[str]:
+        return layer_names(self.n_layers)
+
+    def forward(
+        self, input_ids: Sequence[int] | torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        """One forward pass: ``(hidden_states [R x [B, T, d]], model logits at the last
+        position [B, V])``; ``input_ids`` is ``[T]`` or ``[B, T]``."""
+        ids = torch.as_tensor(input_ids, dtype=torch.long, device=model_device(self.model))
+        ids = ids.reshape(1, -1) if ids.dim() == 1 else ids
+        too_big = int(ids.max()) if ids.numel() else -1
+        if too_big >= self.vocab_size:
+            raise InputError(
+                f"token id {too_big} is outside the model's vocabulary of {self.vocab_size}: "
+                "the tokenizer does not belong to this model."
+            )
+        with torch.inference_mode():
+            hidden, last = hidden_states_forward(self.model, ids, attention_mask)
+        if len(hidden) != self.n_rows:
+            raise ReadoutError(
+                f"{self.readout.architecture} returned {len(hidden)} hidden states for "
+                f"{self.n_layers} decoder blocks (expected {self.n_rows})"
+            )
+        return hidden, last
+
+    def _states(
+        self, hidden: Sequence[torch.Tensor], batch: int, positions: Sequence[int]
+    ) -> torch.Tensor:
+        """Read-out input ``[P, R, d]`` at ``positions`` of batch row ``batch``: inner rows
+        through the lens and the final norm, the last row (already normed) as it is."""
+        device = self.readout.unembed.weight.device
+        index = torch.as_tensor(list(positions), dtype=torch.long)
+        inner = torch.stack([h[batch, index.to(h.device)].to(device) for h in hidden[:-1]], 1)
+        inner = self.lens.translate(inner, range(self.n_layers))
+        final = hidden[-1][batch, index.to(hidden[-1].device)].to(device)
+        return torch.cat([self.readout.normalize(inner), final[:, None, :]], dim=1)
+
+    def row_logits(
+        self, hidden: Sequence[torch.Tensor], positions: Sequence[int], batch: int = 0
+    ) -> torch.Tensor:
+        """Logits ``[P, R, V]`` of every row at ``positions`` (row "out" = model logits)."""
+        with torch.inference_mode():
+            return self.readout.final_logits(self._states(hidden, batch, positions))
+
+    def statistics(
+        self,
+        hidden: Sequence[torch.Tensor],
+        *,
+        top_k: int,
+        targets: Sequence[int] = (),
+        positions: Sequence[int] | None = None,
+        batch: int = 0,
+        chunk_size: int | None = None,
+        report: Progress = silent,
+    ) -> dict[str, np.ndarray]:
+        """Per-cell statistics at ``positions`` (default: all) of batch row ``batch``.
+
+        Returns numpy arrays ``entropy``/``kl_to_final`` ``[R, P]`` (nats), ``top_ids`` /
+        ``top_probs`` ``[R, P, k]``, with ``targets``: ``target_prob`` / ``target_rank``
+        ``[R, P, n_targets]``; and ``last_out_logits``, row "out" at the last position read
+        (for :meth:`check_out_row`).
+        """
+        pos = list(range(hidden[0].shape[1])) if positions is None else [int(p) for p in positions]
+        n_pos, n_rows, vocab = len(pos), self.n_rows, self.vocab_size
+        if chunk_size is None:
+            chunk_size = max(1, DEFAULT_CHUNK_BYTES // (4 * vocab))
+        step = max(1, chunk_size // n_rows)  # whole positions: each needs its own "out" row
+        # Equal chunks: a small remainder chunk would re-read the whole unembedding for little.
+        n_chunks = max(1, -(-n_pos // step))
+        step = max(1, -(-n_pos // n_chunks))
+        out: dict[str, list[torch.Tensor]] = {}
+        last_out = None
+        buffer: list[torch.Tensor | None] = [None]
+        with torch.inference_mode():
+            for start in range(0, n_pos, step):
+                chunk = pos[start : start + step]
+                z = self._chunk_logits(self._states(hidden, batch, chunk), step, buffer)
+                for name, value in _chunk_stats(z, top_k, targets).items():
+                    out.setdefault(name, []).append(value.cpu())
+                last_out = z[-1, -1].float().clone()
+                report(min(n_pos, start + step) / n_pos, f"Read-out {start + len(chunk)}/{n_pos} positions")
+        result = {  # [P, R, ...] chunks -> [R, P, ...]
+            name: torch.cat(chunks, dim=0).transpose(0, 1).contiguous().numpy()
+            for name, chunks in out.items()
+        }
+        result["kl_to_final"][-1] = 0.0  # KL of the out row to itself, exactly
+        result["last_out_logits"] = last_out
+        return result
+
+    def _chunk_logits(
+        self, x: torch.Tensor, step: int, buffer: list[torch.Tensor | None]
+    ) -> torch.Tensor:
+        """Logits ``[P, R, V]`` of read-out input ``x [P, R, d]``, into a reused buffer."""
+        unembed = self.readout.unembed
+        if not isinstance(unembed, torch.nn.Linear):
+            return self.readout.transform(unembed(x))
+        weight = unembed.weight
+        n = x.shape[0] * x.shape[1]
+        # One buffer for all chunks: a fresh [chunk, V] allocation per chunk costs page faults
+        # on every chunk (~15% of the GEMM on the default model).
+        if buffer[0] is None:
+            buffer[0] = torch.empty(
+                step * self.n_rows, self.vocab_size, dtype=weight.dtype, device=weight.device
+            )
+        z = torch.mm(x.reshape(n, -1).to(weight.dtype), weight.T, out=buffer[0][:n])
+        z = z.view(*x.shape[:2], self.vocab_size)
+        if unembed.bias is not None:
+            z += unembed.bias
+        return self.readout.transform(z, inplace=True)
+
+    def check_out_row(self, ours: torch.Tensor, model_last: torch.Tensor) -> None:
+        """Row "out" must equal the model's own logits; a mismatch means an unknown logit
+        transform (scaling/capping) that the read-out does not reproduce."""
+        readout = self.readout
+        theirs = model_last.float().to(ours.device)
+        if theirs.shape != ours.shape:
+            raise ReadoutError(
+                f"{readout.architecture}: the unembedding gives {ours.shape[-1]} logits but the "
+                f"model returns {theirs.shape[-1]}"
+            )
+        tol = (1e-4 if model_last.dtype == torch.float32 else 3e-2) * (
+            1.0 + theirs.abs().max().item()
+        )
+        err = (ours - theirs).abs().max().item()
+        if not err <= tol:
+            raise ReadoutError(
+                f"{readout.architecture}: reading the last hidden state out through the "
+                f"unembedding (softcap={readout.softcap}, scale={readout.scale}) differs from "
+                f"the model's own logits by {err:.3g} (> {tol:.3g}); this architecture applies "
+                "a logit transform lenskit does not know."
+            )
