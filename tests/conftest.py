@@ -36,6 +36,9 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 # Make `import conftest` work from test modules whatever the rootdir/import mode.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+#: The repository's root folder.
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
 _CORPUS = [
     "What is the capital of Australia? The capital of Australia is Canberra.",
     "What is the capital of France? The capital of France is Paris.",
@@ -339,3 +342,13 @@ def default_model():
     finally:
         if saved is not None:
             os.environ["LENSKIT_DEFAULT_MODEL"] = saved
+
+
+def strong_model(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Re-draw the blocks' matrices large enough that every block matters."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2 and not any(k in name for k in ("embed", "lm_head", "wte", "wpe")):
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    return model

@@ -1,4 +1,4 @@
-"""The CUDA kernels' per-row code, run on the CPU (tests/cuda_emulation/emulate.cu).
+"""The CUDA kernels' per-row code, run on the CPU (cuda_emulation/emulate.cu beside this file).
 
 csrc/cuda/rows.cuh holds everything the kernels compute per row: each thread's walk over its
 part of the row, the online-softmax state updates, the merges, and the final formulas. The
@@ -24,10 +24,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO_ROOT
 from test_ops_cuda import ATOL, INF, LSE_ATOL, LSE_RTOL, NAN, RTOL, entropy_f64, kl_f64, lse_f64
 
-ROOT = Path(__file__).resolve().parent.parent
-SOURCE = ROOT / "tests" / "cuda_emulation" / "emulate.cu"
+ROOT = REPO_ROOT
+SOURCE = Path(__file__).resolve().parent / "cuda_emulation" / "emulate.cu"
 HEADER = ROOT / "csrc" / "cuda" / "rows.cuh"
 H200_SMS = 132
 DTYPES = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}

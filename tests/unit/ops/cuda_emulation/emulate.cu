@@ -15,7 +15,7 @@
 #include <string>
 #include <vector>
 
-#include "../../csrc/cuda/rows.cuh"
+#include "../../../../csrc/cuda/rows.cuh"
 
 using namespace lenskit_cuda;
 

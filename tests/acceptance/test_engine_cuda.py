@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_chatml_tokenizer, make_tiny_model
-from test_interventions import _strong
+from conftest import strong_model as _strong
 
 import lenskit
 from lenskit import intervention_sweep, layer_pairwise_kl, lens_on_generation

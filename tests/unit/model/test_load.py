@@ -264,6 +264,7 @@ def test_bad_default_override_names_the_variable(tmp_path, monkeypatch):
 
 def test_missing_device_fails_before_the_load(tiny_model_dir, monkeypatch):
     """A device this machine lacks is refused at once, not after loading the weights."""
+
     def no_load(*args, **kwargs):
         raise AssertionError("the model was loaded before the device was checked")
 

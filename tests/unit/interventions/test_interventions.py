@@ -11,7 +11,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from conftest import make_chatml_tokenizer, make_tiny_model
+from conftest import make_chatml_tokenizer, make_tiny_model, strong_model
 
 from lenskit import (
     INTERVENTIONS,
@@ -25,8 +25,8 @@ from lenskit import (
     intervention_sweep,
     layer_pairwise_kl,
     lens_on_generation,
+    run_lens,
 )
-from lenskit import run_lens
 from lenskit.model import decoder_layers, find_readout
 from lenskit.ops import kl_div
 from lenskit.text.prompts import encode_prompt
@@ -36,14 +36,7 @@ PROMPT = "What is the capital of Australia?"
 ATOL = 2e-5
 
 
-def _strong(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Re-draw the blocks' matrices large enough that every block matters."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() == 2 and not any(k in name for k in ("embed", "lm_head", "wte", "wpe")):
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
-    return model
+_strong = strong_model
 
 
 @pytest.fixture(scope="module")
