@@ -73,8 +73,10 @@ class IntOption:
 
     def describe(self) -> str:
         """``"an integer in 1..50"`` / ``"an integer >= 1"``."""
-        return f"an integer in {self.lo}..{self.hi}" if self.hi is not None else (
-            f"an integer >= {self.lo}"
+        return (
+            f"an integer in {self.lo}..{self.hi}"
+            if self.hi is not None
+            else (f"an integer >= {self.lo}")
         )
 
     def check(self, value: Any, error: type[InputError] = InputError) -> int:
@@ -377,9 +379,7 @@ def check_generated_ids(ids: Sequence[int], vocab: int) -> list[int]:
         )
     bad = [i for i in given if not 0 <= i < vocab]
     if bad:
-        raise InterventionError(
-            f"generated_ids {few(bad)} are outside the vocabulary [0, {vocab})"
-        )
+        raise InterventionError(f"generated_ids {few(bad)} are outside the vocabulary [0, {vocab})")
     return given
 
 

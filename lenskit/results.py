@@ -425,7 +425,6 @@ class SweepResult(ResultRecord):
         return pd.DataFrame(data)
 
 
-
 @dataclass
 class PairwiseKL(ResultRecord):
     """KL between the read-out distributions of every pair of rows at one position.

@@ -35,7 +35,6 @@ def _with_block_input(args: tuple, kwargs: dict, hidden: torch.Tensor) -> tuple[
     return args, {**kwargs, "hidden_states": hidden}
 
 
-
 class _InterventionHook:
     """Forward hook on one block: applies ``intervention`` to rows ``rows`` of its output at
     prompt ``positions``.

@@ -21,7 +21,7 @@ from torch import nn
 
 from lenskit.errors import InterventionError
 from lenskit.interventions.hooks import _block_input, _first, _with_block_input
-from lenskit.model.forward import cache_kwarg, forward, model_device
+from lenskit.model.forward_pass import cache_kwarg, forward, model_device
 
 _log = logging.getLogger(__name__)
 
@@ -270,5 +270,3 @@ def _prepare_clean(
     if clean is None:
         clean = _clean_run(model, blocks, ids, n_gen, 0)
     return strategy, clean
-
-

@@ -32,7 +32,7 @@ from lenskit.interventions.replay import (
     _replay,
 )
 from lenskit.model.architecture import context_length, decoder_layers, find_readout, model_name
-from lenskit.model.forward import eos_token_ids, model_device, model_logits
+from lenskit.model.forward_pass import eos_token_ids, model_device, model_logits
 from lenskit.model.generate import greedy_generate
 from lenskit.ops import kl_div
 from lenskit.progress import Progress, check_progress, progress_reporter
@@ -92,7 +92,6 @@ def _intervened_logits(
             for h in handles:
                 h.remove()
         yield chunk, logits
-
 
 
 def sweep_token_ids(

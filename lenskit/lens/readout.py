@@ -23,7 +23,7 @@ import torch
 from lenskit.errors import InputError, ReadoutError
 from lenskit.lens.lenses import Lens, get_lens
 from lenskit.model.architecture import decoder_layers, find_readout, vocabulary_mismatch
-from lenskit.model.forward import hidden_states_forward, model_device
+from lenskit.model.forward_pass import hidden_states_forward, model_device
 from lenskit.ops import entropy_lse, kl_div
 from lenskit.progress import Progress, silent
 
@@ -210,7 +210,10 @@ class ReadoutEngine:
                 for name, value in _chunk_stats(z, top_k, targets).items():
                     out.setdefault(name, []).append(value.cpu())
                 last_out = z[-1, -1].float().clone()
-                report(min(n_pos, start + step) / n_pos, f"Read-out {start + len(chunk)}/{n_pos} positions")
+                report(
+                    min(n_pos, start + step) / n_pos,
+                    f"Read-out {start + len(chunk)}/{n_pos} positions",
+                )
         result = {  # [P, R, ...] chunks -> [R, P, ...]
             name: torch.cat(chunks, dim=0).transpose(0, 1).contiguous().numpy()
             for name, chunks in out.items()

@@ -17,7 +17,7 @@ import torch
 from lenskit.lens.lenses import Lens
 from lenskit.lens.readout import ReadoutEngine
 from lenskit.model.architecture import context_length, model_name
-from lenskit.model.forward import eos_token_ids, ids_list
+from lenskit.model.forward_pass import eos_token_ids, ids_list
 from lenskit.model.generate import greedy_generate
 from lenskit.ops import pairwise_kl
 from lenskit.progress import Progress, progress_reporter, silent

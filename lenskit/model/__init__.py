@@ -9,7 +9,7 @@ from lenskit.model.architecture import (
     vocabulary_mismatch,
 )
 from lenskit.model.devices import DEVICE_ENV, default_device
-from lenskit.model.forward import (
+from lenskit.model.forward_pass import (
     accepts,
     cache_kwarg,
     eos_token_ids,

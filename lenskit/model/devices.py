@@ -115,4 +115,3 @@ def _resolve_dtype(
     if dtype in _DTYPES:
         return _DTYPES[dtype]
     raise ModelLoadError(f"Unknown dtype {dtype!r}: use one of {sorted(_DTYPES)} or 'auto'.")
-

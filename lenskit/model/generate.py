@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from lenskit.errors import GenerationLengthError, InterventionError
-from lenskit.model.forward import cache_kwarg, eos_token_ids, forward, model_device
+from lenskit.model.forward_pass import cache_kwarg, eos_token_ids, forward, model_device
 from lenskit.requests import MAX_NEW_TOKENS
 
 __all__ = ["greedy_generate"]

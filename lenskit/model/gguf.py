@@ -43,7 +43,6 @@ def _report(progress: Progress | None, fraction: float, message: str) -> None:
         progress(fraction, message)
 
 
-
 def cache_dir() -> Path:
     """Root of lenskit's cache: ``$LENSKIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/lenskit``,
     else ``~/.cache/lenskit``. Not created here."""
@@ -133,7 +132,6 @@ def _prune_gguf_cache(keep: Path) -> list[Path]:
     return removed
 
 
-
 #: two threads interleaving the swap and the restore could leave a patched one behind.
 _GGUF_CONVERSION_LOCK = threading.Lock()
 
@@ -179,7 +177,6 @@ def _gguf_parsed_once() -> Iterator[None]:
             gguf.GGUFReader = reader_class
             gguf.get_tensor_name_map = name_map
             readers.clear()
-
 
 
 #: metadata parse ~35%, weights ~30%, tokenizer ~10%, then the cache write ~25%).
@@ -316,4 +313,3 @@ def _load_gguf(
         device_map=device_map,
         gguf_file=path.name,
     )
-

@@ -26,7 +26,6 @@ from lenskit.progress import Progress, progress_reporter
 __all__ = ["load_model"]
 
 
-
 def _report(progress: Progress | None, fraction: float, message: str) -> None:
     if progress is not None:
         progress(fraction, message)
@@ -218,5 +217,3 @@ def _unreachable_hub(timeout_s: float = 3.0) -> str | None:
     except OSError:
         return host
     return None
-
-

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from lenskit import charts
-from lenskit.lens import LensResult
+from lenskit.charts.export import iter_layers
+from lenskit.results import LensResult
 
 TOKENS = [
     "<|im_start|>",
@@ -39,6 +40,7 @@ def make_result(
     target: bool = True,
     seed: int = 0,
     scale: float = 1.0,
+    lens: str = "logit",
 ) -> LensResult:
     """A synthetic, shape-consistent LensResult (no model needed)."""
     tokens = list(TOKENS if tokens is None else tokens)
@@ -70,12 +72,13 @@ def make_result(
         vocab_size=vocab_size,
         model_name="synthetic",
         prompt="What is the the capital?",
+        lens=lens,
         **extra,
     )
 
 
 def layers_of(spec: dict) -> list[dict]:
-    return list(charts._iter_layers(spec))
+    return list(iter_layers(spec))
 
 
 def values_of(spec: dict, layer: dict) -> list[dict]:
@@ -230,7 +233,7 @@ def box_strokes(spec: dict) -> set[str]:
 
 def test_each_colour_means_one_thing_in_the_overview() -> None:
     """Purple marks template tokens only; the detail range is boxed in another colour, and
-    the axis title names both (QA: the purple box looked like "template tokens")."""
+    the axis title names both (a purple box would read as "template tokens")."""
     result = make_result()
     spec = charts.chart_spec(charts.lens_heatmap(result, labels=False, highlight=(3, 8)))
     strokes = box_strokes(spec)
@@ -317,14 +320,14 @@ def test_position_table_and_drilldown() -> None:
     ]
     no_target = charts.chart_spec(charts.position_drilldown_chart(make_result(target=False), 0))
     assert "entropy" in json.dumps(no_target["vconcat"][1]["encoding"]["y"])
-    # QA: the legend read "top-1, target None" without a target.
+    # without a target the legend names only the top-1 series (no "target None")
     assert no_target["vconcat"][0]["encoding"]["color"]["scale"]["domain"] == ["top-1"]
     with pytest.raises(ValueError):
         charts.position_table(result, 99)
 
 
 def test_detail_outlines_the_drilled_position() -> None:
-    """QA: the detail view did not show which position the drill-down is on."""
+    """The detail view outlines the position the drill-down is on."""
     result = make_result()
 
     def drill_boxes(marked: int | None) -> list[dict]:
@@ -345,7 +348,7 @@ def test_detail_outlines_the_drilled_position() -> None:
 
 
 def test_drilldown_probabilities_on_a_log_scale() -> None:
-    """QA: on a linear 0..1 scale a target at 1e-6 in early layers drew a flat 0. The panel is
+    """On a linear 0..1 scale a target at 1e-6 in early layers would be a flat 0. The panel is
     log from PROB_FLOOR; values below it sit on the floor, the tooltip keeps the exact one."""
     result = make_result()
     result.target_prob[:, 13] = np.geomspace(1e-9, 0.9, result.n_rows)
@@ -364,7 +367,8 @@ def test_drilldown_probabilities_on_a_log_scale() -> None:
 
 def test_byte_level_fragments_in_cells_and_table() -> None:
     """With result.byte_level, a top-1 token that is part of a character shows its bytes
-    (QA: "\u00f0\u0141" read like a real prediction); unknown keeps the spelling."""
+    (its spelling "\u00f0\u0141" would read like a real prediction); unknown keeps the
+    spelling."""
     fragment = "\u00f0\u0141"  # byte-level spelling of F0 9F, the start of an emoji
     result = make_result()
     result.top_tokens[:, :, 0] = fragment
@@ -379,7 +383,7 @@ def test_byte_level_fragments_in_cells_and_table() -> None:
 
 @pytest.mark.parametrize("k", [3, charts.TOOLTIP_TOP_K, 50])
 def test_tooltip_lists_at_most_ten_top_tokens(k: int) -> None:
-    """QA: a top-50 tooltip was 1336 px tall, its top off-screen. It lists 10 and says how
+    """A top-50 tooltip is taller than a window (its top off-screen). It lists 10 and says how
     many more the drill-down table holds; the table keeps all k."""
     result = make_result(k=k)
     detail = charts.chart_spec(charts.lens_heatmap(result, positions=range(10, 14)))
@@ -398,7 +402,7 @@ def test_tooltip_lists_at_most_ten_top_tokens(k: int) -> None:
 
 def test_drilldown_fits_a_narrow_column() -> None:
     """The two panels are stacked and narrow, so the chart fits the drill-down's right column
-    (~440 px at a 1280 px window; QA: side by side it was ~1100 px and the rank panel was cut
+    (~440 px at a 1280 px window; side by side they would be ~1100 px, the rank panel cut
     off). Stacked (a plain vconcat, no autosize of its own), Streamlit's width="stretch"
     sets each panel to the column's width."""
     result = make_result(n_layers=30, vocab_size=49152)
@@ -416,8 +420,8 @@ def test_drilldown_fits_a_narrow_column() -> None:
 
 
 def test_rank_is_one_based_everywhere() -> None:
-    """One rank convention for users, 1 = top, said in every label (QA: the table said 828,
-    the chart 829, the heatmap tooltip "(0 = top)"); LensResult.target_rank stays 0-based."""
+    """One rank convention for users, 1 = top, said in every label (so the table, the chart
+    and the heatmap tooltip show the same number); LensResult.target_rank stays 0-based."""
     result = make_result()
     result.target_rank[:, 13] = np.arange(result.n_rows) * 100 + 827
     expected = (result.target_rank[:, 13] + 1).tolist()  # emb .. out
@@ -519,129 +523,3 @@ def test_position_table_values() -> None:
     np.testing.assert_allclose(table["p1"], result.top_probs[rows, p, 0], rtol=1e-6)
     np.testing.assert_array_equal(table["target rank (1 = top)"], result.target_rank[rows, p] + 1)
     assert not np.allclose(result.entropy[:, p], result.kl_to_final[:, p])
-
-
-# --- QA pass 2: narrow detail ranges, tooltips, probability formats, drill-down table ---------
-
-NORMAL_CELL = 62  # px per position in the detail view
-
-
-def cell_widths_in_svg(svg: str) -> list[float]:
-    """Widths of the heatmap cells (the first rect layer) in a Vega SVG rendering."""
-    start = svg.index("mark-rect role-mark layer_0_marks")
-    group = svg[start : svg.index("</g>", start)]
-    return [float(w) for w in re.findall(r'\sd="M[-\d.e]+,[-\d.e]+h([-\d.e]+)v', group)]
-
-
-@pytest.mark.parametrize("n", range(1, 13))
-def test_detail_keeps_full_cells_for_narrow_ranges(n: int) -> None:
-    """QA: with "fit-x" the y axis, legend and title had to fit inside max(62 n, 120) px, so a
-    range of <= 6 positions (the chat-template tokens) left a plot a few pixels wide. The plot
-    is now 62 px per position and the decorations are drawn around it ("pad")."""
-    result = make_result(tokens=[f"tok{i}" for i in range(20)], n_layers=30)
-    chart = charts.lens_heatmap(result, positions=range(20 - n, 20), click=True)
-    spec = charts.chart_spec(chart)
-    assert spec["width"] / n >= NORMAL_CELL
-    autosize = spec.get("autosize", {})
-    assert autosize.get("type") == "pad", autosize  # not fit / fit-x: nothing is squeezed
-    assert autosize.get("contains", "content") == "content"
-    text = next(layer for layer in layers_of(spec) if layer.get("mark", {}).get("type") == "text")
-    assert text["mark"]["limit"] >= NORMAL_CELL - 2
-
-
-@pytest.mark.parametrize("n", [1, 2, 6])
-def test_detail_export_renders_full_cells(n: int) -> None:
-    """The exported SVG / PNG (vl-convert) of a narrow range: every cell is 62 px wide and the
-    whole chart (axis, legend, untruncated title) is drawn around the plot."""
-    result = make_result()
-    chart = charts.lens_heatmap(result, positions=range(14 - n, 14))
-    svg = charts.chart_bytes(chart, "svg").decode()
-    widths = cell_widths_in_svg(svg)
-    assert len(widths) == n * result.n_rows
-    assert min(widths) >= NORMAL_CELL, widths[:6]
-    total = float(re.search(r'<svg[^>]*\bwidth="([\d.]+)"', svg).group(1))
-    assert total >= n * NORMAL_CELL + 150  # y axis on the left + legend on the right
-    assert "Logit lens, top-1 token per cell: Entropy (nats)" in svg  # title not clipped
-    png = charts.chart_bytes(chart, "png", scale=1.0)
-    png_width = int.from_bytes(png[16:20], "big")  # IHDR width
-    assert abs(png_width - total) <= 2
-
-
-def test_detail_wide_range_fits_the_column() -> None:
-    """Up to 14 positions keep 62 px cells; wider ranges shrink their cells so the plot stays
-    within DETAIL_CELLS_BUDGET px (QA: 40 positions drew 2480 px, pushing the template
-    columns and the legend off the page), down to DETAIL_MIN_CELL px, labels cut to fit."""
-    result = make_result(tokens=[f"tok{i}" for i in range(45)])
-    for n, cell in [(14, NORMAL_CELL), (20, 44), (charts.DETAIL_MAX_POSITIONS, 22)]:
-        spec = charts.chart_spec(charts.lens_heatmap(result, positions=range(45 - n, 45)))
-        assert spec["width"] == cell * n <= charts.DETAIL_CELLS_BUDGET
-        text = next(layer for layer in spec["layer"] if layer["mark"]["type"] == "text")
-        assert text["mark"]["limit"] == cell - 2
-    overview = charts.chart_spec(charts.lens_heatmap(result, labels=False, brush=True))
-    assert overview["autosize"]["type"] == "fit-x"  # the overview still follows its container
-
-
-@pytest.mark.parametrize("metric", sorted(charts.METRICS))
-def test_tooltip_lists_each_quantity_once(metric: str) -> None:
-    """QA: coloured by entropy, the tooltip listed "Entropy (nats)" twice (the colour metric's
-    value and the always-present entropy field)."""
-    result = make_result()
-    spec = charts.chart_spec(charts.lens_heatmap(result, metric, positions=range(8, 14)))
-    tooltip = cell_layers(spec)[0]["encoding"]["tooltip"]
-    titles = [t["title"].lower().replace("\u2016", "||") for t in tooltip]
-    assert len(titles) == len(set(titles)), titles
-    values = data_values(spec)
-    for t in tooltip:
-        if t["field"] != "value" and t.get("type") == "quantitative":
-            same = [v[t["field"]] == v["value"] for v in values]
-            assert not all(same), f"{t['field']} repeats the coloured value"
-
-
-def d3_formatted(values: list[float], fmt: str) -> list[str]:
-    """The texts Vega draws for ``values`` with the d3 number format ``fmt`` (vl-convert)."""
-    import vl_convert as vlc
-
-    spec = {
-        "data": {"values": [{"i": i, "p": v} for i, v in enumerate(values)]},
-        "mark": "text",
-        "encoding": {
-            "y": {"field": "i", "type": "ordinal"},
-            "text": {"field": "p", "type": "quantitative", "format": fmt},
-        },
-    }
-    svg = vlc.vegalite_to_svg(spec)
-    group = svg[svg.index("mark-text role-mark") :]
-    return re.findall(r"<text[^>]*>([^<]*)</text>", group)[: len(values)]
-
-
-SCI = re.compile(r"\d\.\d\de[+-]\d+")
-
-
-def test_probabilities_keep_one_style() -> None:
-    """QA: probabilities switched between 0.00000612 and 4.17e-7 in one column (the browser
-    writes both ".3~g" (d3) and "%.3g" (sprintf-js) as a decimal above 1e-6, in exponent
-    notation below). All probabilities now use one notation: 3 significant digits, exponent."""
-    probs = [0.99812, 0.5, 0.0123, 6.12e-6, 4.17e-7, 1.0, 0.0]
-    shown = d3_formatted(probs, charts.PROB_FORMAT)
-    assert len(shown) == len(probs)
-    assert all(SCI.fullmatch(s) for s in shown), shown
-    # the tooltips' top-k texts (formatted in Python) read like the d3-formatted fields
-    assert [charts.format_prob(p) for p in probs] == shown
-    # tables: sprintf-js writes %.Ne with toExponential(N) for every magnitude ("%.3g" is
-    # String(Number(x.toPrecision(3))), which changes notation at 1e-6)
-    assert re.fullmatch(r"%\.2e", charts.PROB_PRINTF)
-
-
-def test_drilldown_table_shows_tokens_first() -> None:
-    """QA: in the ~510 px column the five numeric columns came first and hid the top-k tokens
-    behind a horizontal scroll. Tokens (with their probabilities) now come right after the
-    layer name; the values of each column are unchanged (test_position_table_values)."""
-    for result in (make_result(), make_result(target=False)):
-        table = charts.position_table(result, 13)
-        columns = list(table.columns)
-        assert columns[:3] == ["layer", "top 1", "p1"]
-        tokens = [columns.index(f"top {j + 1}") for j in range(result.top_k)]
-        others = [columns.index(c) for c in ("entropy (nats)", "KL(out || layer) (nats)")]
-        assert max(tokens) < min(others)
-        for j in range(result.top_k):  # each token next to its probability
-            assert columns.index(f"p{j + 1}") == tokens[j] + 1

@@ -15,7 +15,8 @@ import pytest
 from test_charts import colour_scale, layers_of, make_result, values_of
 
 from lenskit import charts
-from lenskit.interventions import SweepResult
+from lenskit.results import SweepResult
+from lenskit.text.tokens import format_token
 
 GEN = ["The", "\u0120capital", "\u0120of", "\u0120Australia", "\u0120is"]
 
@@ -42,7 +43,7 @@ def make_sweep(
         layers=layers,
         generated_ids=np.arange(g),
         generated_tokens=gen,
-        generated_display_tokens=[charts.format_token(t, 0) for t in gen],
+        generated_display_tokens=[format_token(t, 0) for t in gen],
         kl=scale * rng.uniform(0.0, 1.5, (n_l, g)),
         top_ids_intervened=top_ids,
         top_tokens_intervened=top_tokens,
@@ -198,8 +199,9 @@ def test_sweep_single_cell() -> None:
 
 @pytest.mark.parametrize("n_blocks", [1, 2, 4])
 def test_small_sweep_keeps_room_for_axis_title_and_legend(n_blocks: int) -> None:
-    """QA: 1-4 blocks drew a 26-104 px plot under a 120 px legend (overlapping the x-axis
-    title) and clipped the y-axis title: the plot is at least MIN_PLOT_HEIGHT px tall."""
+    """1-4 blocks at 26 px per row would give a 26-104 px plot under a 120 px legend
+    (overlapping the x-axis title, cutting the y-axis title): the plot is at least
+    MIN_PLOT_HEIGHT px tall."""
     result = make_sweep(layers=list(range(n_blocks)), changed=None)
     spec = charts.chart_spec(charts.sweep_heatmap(result))
     assert spec["height"] >= charts.MIN_PLOT_HEIGHT
