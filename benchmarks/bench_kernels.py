@@ -1,6 +1,6 @@
 """Kernel benchmark: lenskit.entropy / lenskit.kl_div against PyTorch eager and torch.compile.
 
-Run by ``make bench`` (not by the tests). Everything in the table is measured in the same run:
+Run by ``make bench`` (not by the tests). Everything is measured in the same run:
 
 * ``lenskit``: the fused op (C++ kernel on CPU, CUDA kernel on GPU).
 * ``eager``: the natural PyTorch expression, unfused, taking the faster of two spellings:
@@ -16,22 +16,28 @@ Run by ``make bench`` (not by the tests). Everything in the table is measured in
 * ``lenskit, prefetch flipped`` (CPU, vector kernels): the op with the other setting of
   ``LENSKIT_CPU_PREFETCH`` than this CPU's default (see csrc/cpu/kernel_impl.h,
   kPrefetchBytes), so that every run shows whether the default suits its CPU.
+* ``256- / 1024-thread rows`` (CUDA): the op with ``LENSKIT_CUDA_ROW_THREADS`` forced.
 
-On CPU a second table times kl_div with q placed at a few distances from p in one buffer
+On CPU a second measurement times kl_div with q placed at a few distances from p in one buffer
 (on 1 thread and on all), with and without its software prefetch (LENSKIT_CPU_PREFETCH=1 / 0):
-with a prefetch some placements cost kl_div up to 1.7x on AMD Zen 4, while on Intel the
-prefetch is 20-30% faster at every placement tried, so the default depends on the CPU vendor
-(see csrc/cpu/kernel_impl.h, kPrefetchBytes). The table shows which default fits the CPU
+with a prefetch some placements make kl_div much slower on AMD Zen 4, while on Intel the
+prefetch is faster at every placement tried, so the default depends on the CPU vendor (see
+csrc/cpu/kernel_impl.h, kPrefetchBytes); the layout figures show which default fits the CPU
 that runs it.
 
 Times are medians over ``--reps`` calls (``--eager-reps`` for eager) after one warm-up call;
 the contenders take turns call by call, so that drift on a shared machine hits all of them
-alike; each case is measured ``--rounds`` times and the table gives the medians over the
-rounds, with the range of the speed-up ratios. Effective GB/s = bytes of the input(s) read
-once / time. Each table ends with the project's targets for it (from the kernels issue), met or
-missed, counted round by round. The CPU tables go to docs/benchmarks.md section bench_kernels,
-the CUDA table to section bench_gpu (``--device`` picks which are run; a GPU machine can
-refresh its section without touching the CPU numbers of the 2-core machines).
+alike; each case is measured ``--rounds`` times. Effective GB/s = bytes of the input(s) read
+once / time. The project's targets (from the kernels issue) are judged round by round.
+
+Results: the CPU to ``benchmarks/results/bench_kernels.json``, the GPU to ``bench_gpu.json``
+(``--device`` picks which are run, so a GPU machine can refresh its file without touching the
+CPU numbers of the 2-core machines); ``benchmarks/render.py`` makes docs/benchmarks.md of them.
+Besides the common fields (see _report.py) each file holds ``device`` (type, backend, ISA,
+prefetch or GPU name), ``load_avg_1min`` (start, end), ``copy_gbs`` (CUDA), ``cases`` (per op,
+shape and dtype: ``median`` of every figure over the rounds, ``ratio_range`` of the speed-ups,
+and ``rounds``, every figure of every round), ``targets`` (goal, median value, rounds met) and,
+on CPU, ``layout`` (kl_div against the placement of q).
 """
 
 from __future__ import annotations
@@ -49,14 +55,18 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _report import stamp, write_section  # noqa: E402
+import _report  # noqa: E402
+import render  # noqa: E402
 
 import lenskit  # noqa: E402
 
 CPU_SHAPES = [(2048, 49152), (512, 128256)]
-CUDA_EXTRA_SHAPES = [((8192, 128256), torch.bfloat16)]
+CUDA_EXTRA_CASES = [(_report.CUDA_TARGET_SHAPE, torch.bfloat16)]
+QUICK_CPU_SHAPES = [(256, 8192)]
+QUICK_CUDA_EXTRA_CASES = [((1024, 32768), torch.bfloat16)]
 DTYPES = [torch.float32, torch.bfloat16]
 CUDA_BATCH = 5  # calls per timed sample on a GPU
+LAYOUT_STEPS = (0, 1, 2, 3)
 
 
 def entropy_logsoftmax(x: torch.Tensor) -> torch.Tensor:
@@ -134,6 +144,7 @@ def copy_bandwidth(device: torch.device, nbytes: int = 1 << 30) -> float:
 
 
 def bench_case(op: str, shape, dtype, device, compiled, reps: int, eager_reps: int) -> dict:
+    """One round of one case: every contender's median time (ms) and the figures made of them."""
     gen = torch.Generator(device=device).manual_seed(0)
     x = (torch.randn(shape, generator=gen, device=device) * 4).to(dtype)
     if op == "entropy":
@@ -144,81 +155,70 @@ def bench_case(op: str, shape, dtype, device, compiled, reps: int, eager_reps: i
         args = (x, y)
         fast, eagers, comp = lenskit.kl_div, (kl_logsoftmax, kl_functional), compiled[1]
     nbytes = sum(a.numel() * a.element_size() for a in args)
-    fns = {"fast": fast, "eager0": eagers[0], "eager1": eagers[1], "comp": comp, "read": read_pass}
-    reps_of = {"fast": reps, "eager0": eager_reps, "eager1": eager_reps, "comp": reps, "read": reps}
+    fns = {
+        "fast": fast,
+        "eager_formula": eagers[0],
+        "eager_library": eagers[1],
+        "comp": comp,
+        "read": read_pass,
+    }
+    reps_of = dict.fromkeys(fns, reps)
+    reps_of["eager_formula"] = reps_of["eager_library"] = eager_reps
     if with_avx2(device):
         fns["avx2"] = with_env(fast, "LENSKIT_CPU_ISA", "avx2")
-        reps_of["avx2"] = reps
     if device.type == "cpu" and lenskit.backend(device) == "cpp":
         flipped = "0" if torch.ops.lenskit.cpu_prefetch() else "1"
         fns["flipped"] = with_env(fast, "LENSKIT_CPU_PREFETCH", flipped)
-        reps_of["flipped"] = reps
     if device.type == "cuda":
         for threads in ("256", "1024"):
             fns["rt" + threads] = with_env(fast, "LENSKIT_CUDA_ROW_THREADS", threads)
-            reps_of["rt" + threads] = reps
+    for name in fns:
+        reps_of.setdefault(name, reps)
     t = interleaved_times(fns, args, reps_of)
-    t_fast, t_comp, t_read = t["fast"], t["comp"], t["read"]
-    t_eager = min(t["eager0"], t["eager1"])
-    return {
-        "op": op,
-        "shape": "x".join(map(str, shape)),
-        "dtype": str(dtype).removeprefix("torch."),
-        "fast_ms": t_fast * 1e3,
-        "fast_gbs": nbytes / t_fast / 1e9,
-        "eager_ms": t_eager * 1e3,
-        "comp_ms": t_comp * 1e3,
-        "read_ms": t_read * 1e3,
-        "read_gbs": nbytes / t_read / 1e9,
-        "vs_eager": t_eager / t_fast,
-        "vs_comp": t_comp / t_fast,
-        "avx2_ms": t["avx2"] * 1e3 if "avx2" in t else None,
-        "flipped_ms": t["flipped"] * 1e3 if "flipped" in t else None,
-        "rt256_ms": t["rt256"] * 1e3 if "rt256" in t else None,
-        "rt1024_ms": t["rt1024"] * 1e3 if "rt1024" in t else None,
-    }
+    out = {f"{name}_ms": sec * 1e3 for name, sec in t.items()}
+    t_eager = min(t["eager_formula"], t["eager_library"])
+    out.update(
+        eager_ms=t_eager * 1e3,
+        fast_gbs=nbytes / t["fast"] / 1e9,
+        read_gbs=nbytes / t["read"] / 1e9,
+        vs_eager=t_eager / t["fast"],
+        vs_comp=t["comp"] / t["fast"],
+        eager_vs_read=t_eager / t["read"],
+    )
+    return out
 
 
-LAYOUT_SHAPE = (2048, 49152)
-LAYOUT_STEPS = (0, 1, 2, 3)
-
-
-def layout_table(reps: int) -> str:
-    """kl_div's sensitivity to where q sits relative to p (CPU, fp32).
+def layout_rows(shape: tuple[int, int], reps: int) -> list[dict]:
+    """kl_div's sensitivity to where q sits relative to p (CPU, fp32): median ms per row.
 
     q is placed in one buffer with p at p + size + k * 4 KiB for each k in LAYOUT_STEPS (k = 1
     is the distance two same-shaped tensors allocated one after the other usually get), on 1
-    thread and on all threads; the read pass over the same pair is given for comparison.
+    thread and on all threads; the read pass over the same pair is timed for comparison.
     """
-    n = LAYOUT_SHAPE[0] * LAYOUT_SHAPE[1]
+    n = shape[0] * shape[1]
     gen = torch.Generator().manual_seed(0)
     buf = torch.randn(2 * n + max(LAYOUT_STEPS) * 1024, generator=gen) * 4
-    p = buf[:n].view(LAYOUT_SHAPE)
+    p = buf[:n].view(shape)
     threads = torch.get_num_threads()
-    head = (
-        "| q at p + size + | threads | kl_div, prefetch ms | kl_div, no prefetch ms | "
-        "read pass ms |\n|---|---:|---:|---:|---:|\n"
-    )
     fns = {
         "prefetch": with_env(lenskit.kl_div, "LENSKIT_CPU_PREFETCH", "1"),
-        "plain": with_env(lenskit.kl_div, "LENSKIT_CPU_PREFETCH", "0"),
+        "no_prefetch": with_env(lenskit.kl_div, "LENSKIT_CPU_PREFETCH", "0"),
         "read": read_pass,
     }
-    lines = []
+    rows = []
     try:
         for nt in sorted({1, threads}):
             torch.set_num_threads(nt)
             for k in LAYOUT_STEPS:
-                q = buf[n + k * 1024 : 2 * n + k * 1024].view(LAYOUT_SHAPE)
+                q = buf[n + k * 1024 : 2 * n + k * 1024].view(shape)
                 t = interleaved_times(fns, (p, q), dict.fromkeys(fns, reps))
-                lines.append(
-                    f"| {4 * k} KiB | {nt} | {t['prefetch'] * 1e3:.1f} | {t['plain'] * 1e3:.1f} "
-                    f"| {t['read'] * 1e3:.1f} |\n"
-                )
-                print(lines[-1], end="", flush=True)
+                row = {"offset_kib": 4 * k, "threads": nt}
+                row.update({f"{name}_ms": sec * 1e3 for name, sec in t.items()})
+                print(f"layout {row}", flush=True)
+                rows.append(row)
     finally:
         torch.set_num_threads(threads)
-    return head + "".join(lines)
+    return rows
 
 
 def with_avx2(device: torch.device) -> bool:
@@ -231,8 +231,8 @@ def with_avx2(device: torch.device) -> bool:
 
 
 def with_env(fn, name: str, value: str):
-    """fn run with the environment variable name=value (the extension reads LENSKIT_CPU_ISA and
-    LENSKIT_CPU_PREFETCH on every call)."""
+    """fn run with the environment variable name=value (the extension reads LENSKIT_CPU_ISA,
+    LENSKIT_CPU_PREFETCH and LENSKIT_CUDA_ROW_THREADS on every call)."""
 
     def run(*args):
         old = os.environ.get(name)
@@ -248,114 +248,150 @@ def with_env(fn, name: str, value: str):
     return run
 
 
-def combine(runs: list[dict]) -> dict:
-    """One row from several rounds of a case: medians, and the range of the speed-up ratios."""
-    out = dict(runs[0])
-    for key in runs[0]:
-        vals = [r[key] for r in runs if isinstance(r[key], float)]
-        if vals:
-            out[key] = statistics.median(vals)
-    for key in ("vs_eager", "vs_comp"):
-        out[key + "_range"] = (min(r[key] for r in runs), max(r[key] for r in runs))
-    out["runs"] = runs
+def combine(op: str, shape, dtype, nbytes: int, runs: list[dict]) -> dict:
+    """One case from its rounds: the medians over the rounds, the range of the speed-ups, and
+    every round as measured."""
+    return {
+        "op": op,
+        "shape": "x".join(map(str, shape)),
+        "dtype": str(dtype).removeprefix("torch."),
+        "input_bytes": nbytes,
+        "median": {key: statistics.median(r[key] for r in runs) for key in runs[0]},
+        "ratio_range": {
+            key: [min(r[key] for r in runs), max(r[key] for r in runs)]
+            for key in ("vs_eager", "vs_comp")
+        },
+        "rounds": runs,
+    }
+
+
+def _target(case: dict, metric: str, against: str, goal: float, key: str, **extra) -> dict:
+    """One target of one case: the goal, the median figure, and in how many rounds the
+    round's ``key`` figure reached ``goal`` (``extra["scale"]`` scales the goal first)."""
+    scale = extra.pop("scale", 1.0)
+    value = extra.pop("value") if "value" in extra else case["median"][metric]
+    return {
+        "op": case["op"],
+        "shape": case["shape"],
+        "dtype": case["dtype"],
+        "metric": metric,
+        "against": against,
+        "goal": goal,
+        "value": value,
+        "rounds_met": sum(r[key] >= goal * scale for r in case["rounds"]),
+        "rounds": len(case["rounds"]),
+        **extra,
+    }
+
+
+def targets(device: torch.device, cases: list[dict], case_key, copy_gbs=None) -> list[dict]:
+    """Each target of the kernels issue for this device, judged in every round."""
+    out = []
+    for c in cases:
+        if (c["shape"], c["dtype"]) != case_key:
+            continue
+        if device.type == "cpu":
+            goal = _report.CPU_TARGET_COMPILE
+            out.append(_target(c, "vs_comp", "torch.compile", goal, "vs_comp"))
+            # What a kernel running at the speed of a plain read of its inputs would score:
+            # the eager target is out of reach where this is below it.
+            read = c["median"]["eager_vs_read"]
+            goal = _report.CPU_TARGET_EAGER
+            out.append(_target(c, "vs_eager", "eager", goal, "vs_eager", read_pass_vs_eager=read))
+            continue
+        goal = _report.CUDA_TARGET_COMPILE
+        out.append(_target(c, "vs_comp", "torch.compile", goal, "vs_comp"))
+        if copy_gbs:
+            goal, gbs = _report.CUDA_TARGET_COPY_FRACTION, c["median"]["fast_gbs"]
+            out.append(
+                _target(
+                    c,
+                    "copy_fraction",
+                    "copy",
+                    goal,
+                    "fast_gbs",
+                    scale=copy_gbs,
+                    value=gbs / copy_gbs,
+                    gbs=gbs,
+                )
+            )
     return out
 
 
-# Targets from the kernels issue. CPU: at [2048, 49152] fp32, >= 3x torch.compile and >= 30x
-# eager. CUDA: at [8192, 128256] bf16, >= 85% of the device-to-device copy bandwidth (input
-# bytes read / time against copy bytes read + written / time) and >= 1.5x torch.compile.
-CPU_TARGET_CASE = ("2048x49152", "float32")
-CPU_TARGETS = (("vs_comp", 3.0, "torch.compile"), ("vs_eager", 30.0, "eager"))
-CUDA_TARGET_CASE = ("8192x128256", "bfloat16")
-CUDA_TARGET_COMPILE = 1.5
-CUDA_TARGET_COPY_FRACTION = 0.85
+def device_info(dev: torch.device) -> dict:
+    """What the table's title names: the backend, and the CPU kernels' ISA and prefetch."""
+    info = {"type": dev.type, "backend": lenskit.backend(dev)}
+    if dev.type == "cpu" and info["backend"] == "cpp":
+        info["cpu_isa"] = torch.ops.lenskit.cpu_isa()
+        info["cpu_prefetch"] = bool(torch.ops.lenskit.cpu_prefetch())
+    if dev.type == "cuda":
+        info["name"] = torch.cuda.get_device_name(dev)
+    return info
 
 
-def _verdict(n_met: int, n: int) -> str:
-    if n_met == n:
-        return f"met in all {n} rounds"
-    if n_met == 0:
-        return f"MISSED in all {n} rounds"
-    return f"met in {n_met} of {n} rounds (MISSED in the others)"
+def settings_of(args: argparse.Namespace, quick: bool) -> dict:
+    """The run's settings: the options, or the smaller sizes and counts of quick mode."""
+    return {
+        "device": args.device,
+        "reps": 3 if quick else args.reps,
+        "eager_reps": 1 if quick else args.eager_reps,
+        "rounds": 1 if quick else args.rounds,
+        "cuda_batch": CUDA_BATCH,
+        "cpu_shapes": [list(s) for s in (QUICK_CPU_SHAPES if quick else CPU_SHAPES)],
+        "dtypes": [str(d).removeprefix("torch.") for d in DTYPES],
+        "quick": quick,
+    }
 
 
-def targets(device: torch.device, rows: list[dict], copy_gbs: float | None = None) -> str:
-    """Markdown lines: each target of the issue for this device, with the measured figures."""
-    case = CPU_TARGET_CASE if device.type == "cpu" else CUDA_TARGET_CASE
-    lines = []
-    for r in rows:
-        if (r["shape"], r["dtype"]) != case:
-            continue
-        runs = r["runs"]
-        name = f"{r['op']} {r['shape']} {r['dtype']}"
-        if device.type == "cpu":
-            for key, goal, what in CPU_TARGETS:
-                met = sum(x[key] >= goal for x in runs)
-                lines.append(
-                    f"- {name}: x {what} {r[key]:.1f} (target >= {goal:g}): "
-                    f"{_verdict(met, len(runs))}."
+def measure_device(dev: torch.device, settings: dict, compiled) -> dict:
+    """Every case, round by round, on one device; the targets; the CPU layout rows."""
+    data = _report.header("bench_kernels" if dev.type == "cpu" else "bench_gpu", settings)
+    data["device"] = device_info(dev)
+    load_before = os.getloadavg()[0]
+    shapes = [tuple(s) for s in settings["cpu_shapes"]]
+    cases = [(s, d) for s in shapes for d in DTYPES]
+    if dev.type == "cuda":
+        cases += QUICK_CUDA_EXTRA_CASES if settings["quick"] else CUDA_EXTRA_CASES
+    # Compile every case first: Inductor's compile workers must be idle while timing.
+    for shape, dtype in cases:
+        x = torch.zeros(shape, dtype=dtype, device=dev)
+        compiled[0](x)
+        compiled[1](x, x)
+        del x
+    rows = []
+    for shape, dtype in cases:
+        for op in ("entropy", "kl_div"):
+            runs = []
+            for _ in range(settings["rounds"]):
+                r = bench_case(
+                    op, shape, dtype, dev, compiled, settings["reps"], settings["eager_reps"]
                 )
-            # What a kernel running at the speed of a plain read of its inputs would score: the
-            # 30x eager target is out of reach where this is below 30 and the op is not faster
-            # than the read pass.
-            read_only = statistics.median(x["eager_ms"] / x["read_ms"] for x in runs)
-            lines[-1] = lines[-1][:-1] + (
-                f"; for comparison, the read pass (x.sum) over the same input would be x eager "
-                f"{read_only:.1f}."
-            )
-        else:
-            met = sum(x["vs_comp"] >= CUDA_TARGET_COMPILE for x in runs)
-            lines.append(
-                f"- {name}: x torch.compile {r['vs_comp']:.2f} (target >= "
-                f"{CUDA_TARGET_COMPILE:g}): {_verdict(met, len(runs))}."
-            )
-            if copy_gbs:
-                goal = CUDA_TARGET_COPY_FRACTION * copy_gbs
-                met = sum(x["fast_gbs"] >= goal for x in runs)
-                lines.append(
-                    f"- {name}: {r['fast_gbs']:.0f} GB/s = {r['fast_gbs'] / copy_gbs:.0%} of the "
-                    f"copy bandwidth (target >= {CUDA_TARGET_COPY_FRACTION:.0%}): "
-                    f"{_verdict(met, len(runs))}."
+                print(
+                    f"{dev.type} {op} {'x'.join(map(str, shape))} {dtype}: lenskit "
+                    f"{r['fast_ms']:.3f} ms ({r['fast_gbs']:.1f} GB/s), x eager "
+                    f"{r['vs_eager']:.1f}, x compile {r['vs_comp']:.1f}",
+                    flush=True,
                 )
-    if not lines:
-        return ""
-    return "\nTargets:\n\n" + "\n".join(lines) + "\n"
-
-
-def _ratio(r: dict, key: str) -> str:
-    lo, hi = r[key + "_range"]
-    return f"{r[key]:.1f}" if lo == hi else f"{r[key]:.1f} ({lo:.1f}-{hi:.1f})"
-
-
-def table(rows: list[dict]) -> str:
-    avx2 = any(r["avx2_ms"] is not None for r in rows)
-    flipped = any(r["flipped_ms"] is not None for r in rows)
-    row_threads = any(r["rt256_ms"] is not None for r in rows)
-    # Sub-millisecond GPU times need more digits.
-    f = (lambda v: f"{v:.3f}") if row_threads else (lambda v: f"{v:.1f}")
-    head = (
-        "| op | shape | dtype | lenskit ms | lenskit GB/s | read pass GB/s | eager ms | "
-        "compile ms | x eager | x compile |"
-        + (" lenskit AVX2 ms |" if avx2 else "")
-        + (" lenskit, prefetch flipped ms |" if flipped else "")
-        + (" 256-thread rows ms | 1024-thread rows ms |" if row_threads else "")
-        + "\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|"
-        + ("---:|" if avx2 else "")
-        + ("---:|" if flipped else "")
-        + ("---:|---:|" if row_threads else "")
-        + "\n"
-    )
-    body = "".join(
-        f"| {r['op']} | {r['shape']} | {r['dtype']} | {f(r['fast_ms'])} | {r['fast_gbs']:.1f} | "
-        f"{r['read_gbs']:.1f} | {f(r['eager_ms'])} | {f(r['comp_ms'])} | "
-        f"{_ratio(r, 'vs_eager')} | {_ratio(r, 'vs_comp')} |"
-        + (f" {r['avx2_ms']:.1f} |" if avx2 else "")
-        + (f" {r['flipped_ms']:.1f} |" if flipped else "")
-        + (f" {f(r['rt256_ms'])} | {f(r['rt1024_ms'])} |" if row_threads else "")
-        + "\n"
-        for r in rows
-    )
-    return head + body
+                runs.append(r)
+            nbytes = shape[0] * shape[1] * dtype.itemsize * (1 if op == "entropy" else 2)
+            rows.append(combine(op, shape, dtype, nbytes, runs))
+    data["cases"] = rows
+    if dev.type == "cuda":
+        data["copy_gbs"] = copy_bandwidth(dev)
+        target_case = cases[-1]
+    else:
+        target_case = (shapes[0], torch.float32)
+    key = ("x".join(map(str, target_case[0])), str(target_case[1]).removeprefix("torch."))
+    data["targets"] = targets(dev, rows, key, data.get("copy_gbs"))
+    if dev.type == "cpu" and data["device"]["backend"] == "cpp":
+        data["layout"] = {
+            "shape": list(shapes[0]),
+            "dtype": "float32",
+            "reps": settings["reps"],
+            "rows": layout_rows(shapes[0], settings["reps"]),
+        }
+    data["load_avg_1min"] = {"start": load_before, "end": os.getloadavg()[0]}
+    return data
 
 
 def main() -> None:
@@ -371,7 +407,7 @@ def main() -> None:
         default="auto",
         help="auto (default): the CPU, plus the GPU when there is one",
     )
-    ap.add_argument("--no-write", action="store_true", help="print only, leave the doc alone")
+    _report.add_common_args(ap)
     args = ap.parse_args()
 
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -381,92 +417,15 @@ def main() -> None:
         devices.append(torch.device("cpu"))
     if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()):
         devices.append(torch.device("cuda"))
-
+    settings = settings_of(args, _report.is_quick(args))
     compiled = (
         torch.compile(entropy_logsoftmax, dynamic=False),
         torch.compile(kl_logsoftmax, dynamic=False),
     )
     for dev in devices:
-        load_before = os.getloadavg()[0]
-        cases = [(s, d) for s in CPU_SHAPES for d in DTYPES]
-        if dev.type == "cuda":
-            cases += CUDA_EXTRA_SHAPES
-        # Compile every case first: Inductor's compile workers must be idle while timing.
-        for shape, dtype in cases:
-            x = torch.zeros(shape, dtype=dtype, device=dev)
-            compiled[0](x)
-            compiled[1](x, x)
-            del x
-        rows = []
-        for shape, dtype in cases:
-            for op in ("entropy", "kl_div"):
-                runs = []
-                for _ in range(args.rounds):
-                    r = bench_case(op, shape, dtype, dev, compiled, args.reps, args.eager_reps)
-                    print(
-                        f"{dev.type} {op} {r['shape']} {r['dtype']}: lenskit {r['fast_ms']:.1f} "
-                        f"ms ({r['fast_gbs']:.1f} GB/s, read pass {r['read_gbs']:.1f} GB/s), "
-                        f"eager {r['eager_ms']:.1f} ms (x{r['vs_eager']:.1f}), compile "
-                        f"{r['comp_ms']:.1f} ms (x{r['vs_comp']:.1f})",
-                        flush=True,
-                    )
-                    runs.append(r)
-                rows.append(combine(runs))
-        title = f"### {dev.type.upper()} (backend {lenskit.backend(dev)}"
-        if dev.type == "cpu" and lenskit.backend(dev) == "cpp":
-            title += f", kernels {torch.ops.lenskit.cpu_isa()}, prefetch " + (
-                "on" if torch.ops.lenskit.cpu_prefetch() else "off"
-            )
-        title += ")\n\n"
-        extra = ""
-        if dev.type == "cuda":
-            copy_gbs = copy_bandwidth(dev)
-            extra = f"\nDevice-to-device copy: {copy_gbs:.0f} GB/s (read + write).\n"
-            extra += targets(dev, rows, copy_gbs)
-        else:
-            extra = targets(dev, rows)
-            if lenskit.backend(dev) == "cpp":
-                extra += (
-                    "\nkl_div against the placement of q (one buffer, "
-                    f"{'x'.join(map(str, LAYOUT_SHAPE))} float32, median of {args.reps} calls):"
-                    "\n\n" + layout_table(args.reps)
-                )
-        load = (
-            f"load average (1 min) {load_before:.1f} at the start, "
-            f"{os.getloadavg()[0]:.1f} at the end"
-        )
-        body = (
-            f"{stamp()} Shared machine: {load}.\n\n"
-            f"Each case measured in {args.rounds} rounds; every figure is the median over the "
-            "rounds of the median time per call ("
-            + (
-                "wall time of one call"
-                if dev.type == "cpu"
-                else f"device time by CUDA events over {CUDA_BATCH} calls queued back to back"
-            )
-            + "), the contenders taking turns call by call "
-            "(the ranges in brackets: lowest and highest ratio of the rounds); GB/s = input "
-            "bytes read once / time; x eager and x compile = their time / lenskit's time. "
-            "eager = the faster of the log_softmax formula "
-            "and torch.distributions.Categorical(...).entropy() (kl_div: "
-            "F.kl_div(log_target=True)); compile = torch.compile of the log_softmax formula; "
-            "read pass = x.sum(-1) over the same input(s)"
-            + (
-                "; lenskit AVX2 = the same op with LENSKIT_CPU_ISA=avx2 (what CPUs without "
-                "AVX-512 run); prefetch flipped = the same op with the other "
-                "LENSKIT_CPU_PREFETCH setting than this CPU's default"
-                if dev.type == "cpu"
-                else "; 256- / 1024-thread rows = the same op with LENSKIT_CUDA_ROW_THREADS=256 "
-                "/ 1024 (rows short enough for a warp each keep it)"
-            )
-            + ". See benchmarks/bench_kernels.py for the exact expressions.\n\n"
-            + title
-            + table(rows)
-            + extra
-        )
-        print(body)
-        if not args.no_write:
-            write_section("bench_kernels" if dev.type == "cpu" else "bench_gpu", body)
+        data = measure_device(dev, settings, compiled)
+        print(render.section(data["benchmark"], data))
+        _report.save(data["benchmark"], data, args)
 
 
 if __name__ == "__main__":

@@ -4,17 +4,25 @@ Every variant runs in a fresh subprocess; "extra peak" is its peak resident memo
 reset just before the run) minus the resident memory after loading the model and one tiny
 warm-up run (so the model, the torch runtime and one-time buffers are not counted).
 
-* streamed: ``lenskit.run_lens`` as shipped (chunked read-out, fused ops).
-* naive: the same forward pass, then all ``[R, T, V]`` fp32 logits at once and the same fused
-  ops on them (what streaming avoids). Skipped when the machine lacks the memory for it.
+* streamed: ``lenskit.run_lens`` as shipped (chunked read-out, fused ops); then its parts, timed
+  apart through the public engine: ``ReadoutEngine.forward`` (the forward pass) and
+  ``ReadoutEngine.statistics`` (the read-out alone).
+* naive: the same forward pass, then all ``[T, R, V]`` fp32 logits at once
+  (``ReadoutEngine.row_logits``) and the same fused ops on them (what streaming avoids).
+  Skipped when the machine lacks the memory for it.
 * GEMM floor: only the unembedding matmuls for the same R x T rows (chunked like the
   read-out, into a reused buffer): the read-out cannot be cheaper than this.
 
 Times are the best of a few repeats, wall clock and process CPU time (the machine may be
-shared: CPU time is the steadier of the two). Writes the ``bench_lens`` section of
-docs/benchmarks.md unless ``--no-write``.
+shared: CPU time is the steadier of the two). Results: ``benchmarks/results/bench_lens.json``,
+besides the common fields (see _report.py) ``results``, one entry per prompt length and
+variant: ``tokens``, ``rows`` (R), ``vocab`` (V), best times ``<part>_wall`` / ``<part>_cpu``
+(s) for the parts ``run_lens``, ``cold`` (the first call in the process), ``forward``,
+``readout``, ``gemm``, ``gemm_oneshot``, every repeat in ``repeats_s``, ``peak_extra_mib``,
+``chunk_positions`` and ``readout_over_gemm`` (wall and CPU ratios); a naive run that did not
+fit has ``skipped`` instead.
 
-Usage: ``python benchmarks/bench_lens.py [--no-write] [--long-tokens 1000]``
+Usage: ``python benchmarks/bench_lens.py [--quick] [--no-write] [--long-tokens 1000]``
 """
 
 from __future__ import annotations
@@ -25,10 +33,14 @@ import resource
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _report  # noqa: E402
+import render  # noqa: E402
 
 SHORT = "What is the capital of Australia? Answer in one word, then explain briefly."
 _FILLER = (
@@ -36,6 +48,9 @@ _FILLER = (
     "Melbourne, which competed to become the national capital; the compromise was a new city "
     "planned between them. "
 )
+TOP_K = 5
+SHORT_TOKENS, SHORT_REPEATS = 40, 3
+LONG_TOKENS, QUICK_LONG_TOKENS = 1000, 100
 
 
 def _status_mib(key: str) -> float:
@@ -88,78 +103,114 @@ def _long_prompt(tokenizer, n_tokens: int) -> str:
     return text + "What is the capital?"
 
 
-def child(variant: str, n_tokens: int, repeats: int) -> dict:
-    """One measurement in this (fresh) process; returns a JSON-able dict."""
+def _put(info: dict, part: str, timing: dict) -> None:
+    """Store one part's best times, and every repeat under ``repeats_s``."""
+    info[f"{part}_wall"], info[f"{part}_cpu"] = timing["wall_s"], timing["cpu_s"]
+    info.setdefault("repeats_s", {})[part] = {
+        "wall": timing["wall_all_s"],
+        "cpu": timing["cpu_all_s"],
+    }
+
+
+def _chunk_positions(n_pos: int, n_rows: int, vocab: int) -> int:
+    """Positions per chunk as ``ReadoutEngine.statistics`` picks them without ``chunk_size``
+    (the floor must use the same chunking as the read-out it is the floor of)."""
+    from lenskit.lens.readout import DEFAULT_CHUNK_BYTES
+
+    step = max(1, max(1, DEFAULT_CHUNK_BYTES // (4 * vocab)) // n_rows)
+    n_chunks = max(1, -(-n_pos // step))
+    return max(1, -(-n_pos // n_chunks))
+
+
+def _streamed(info: dict, model, tok, prompt: str, repeats: int) -> None:
+    """run_lens cold and warm, its forward pass and read-out apart, and the GEMM floor."""
     import torch
-    from _report import timed
 
     import lenskit
-    from lenskit import lens as lens_mod
+
+    engine = lenskit.ReadoutEngine(model, tokenizer=tok)
+    base = _reset_peak()
+    _, timing = _report.timed(lambda: lenskit.run_lens(model, tok, prompt), 1)
+    info["peak_extra_mib"] = _peak_mib() - base
+    _put(info, "cold", timing)
+    # warm: a fresh process's first large forward passes are slower (allocator warm-up)
+    _, timing = _report.timed(lambda: lenskit.run_lens(model, tok, prompt), repeats)
+    _put(info, "run_lens", timing)
+    ids = lenskit.encode_prompt(tok, prompt).input_ids
+    (hidden, _), timing = _report.timed(lambda: engine.forward(ids), repeats)
+    _put(info, "forward", timing)
+    _, timing = _report.timed(lambda: engine.statistics(hidden, top_k=TOP_K), repeats)
+    _put(info, "readout", timing)
+
+    # the floor: the unembedding GEMMs alone, same rows, same chunking
+    weight = engine.readout.unembed.weight
+    n_rows, t = engine.n_rows, info["tokens"]
+    step = _chunk_positions(t, n_rows, engine.vocab_size) * n_rows
+    info["chunk_positions"] = step // n_rows
+    with torch.inference_mode():
+        x = torch.randn(n_rows * t, weight.shape[1])
+        buf = torch.empty(min(step, n_rows * t), weight.shape[0])
+
+        def gemm() -> None:
+            for s in range(0, x.shape[0], step):
+                rows = x[s : s + step]
+                torch.mm(rows, weight.T, out=buf[: rows.shape[0]])
+
+        _, timing = _report.timed(gemm, repeats)
+        _put(info, "gemm", timing)
+        if n_rows * t * weight.shape[0] * 4 <= 512 << 20:  # one-shot GEMM when it is small
+            _, timing = _report.timed(lambda: x @ weight.T, repeats)
+            _put(info, "gemm_oneshot", timing)
+    info["readout_over_gemm"] = {
+        "wall": info["readout_wall"] / info["gemm_wall"],
+        "cpu": info["readout_cpu"] / info["gemm_cpu"],
+    }
+
+
+def _naive(info: dict, model, tok, prompt: str) -> None:
+    """The forward pass, then every row's logits at every position at once."""
+    import torch
+
+    import lenskit
+
+    engine = lenskit.ReadoutEngine(model, tokenizer=tok)
+    ids = lenskit.encode_prompt(tok, prompt).input_ids
+    t, n_rows = info["tokens"], engine.n_rows
+
+    def naive() -> None:
+        hidden, _ = engine.forward(ids)
+        with torch.inference_mode():
+            z = engine.row_logits(hidden, range(t))  # [T, R, V]
+            lenskit.entropy(z)
+            for i in range(t):
+                lenskit.kl_div(z[i, -1].expand(n_rows, -1), z[i])
+            vals, _ = torch.topk(z, TOP_K, dim=-1)
+            torch.exp(vals - torch.logsumexp(z, dim=-1, keepdim=True))
+
+    base = _reset_peak()
+    _, timing = _report.timed(naive, 1)
+    info["peak_extra_mib"] = _peak_mib() - base
+    _put(info, "run_lens", timing)
+
+
+def child(variant: str, n_tokens: int, repeats: int) -> dict:
+    """One measurement in this (fresh) process; returns a JSON-able dict."""
+    import lenskit
 
     model, tok = lenskit.load_model("default")
     prompt = SHORT if n_tokens <= 64 else _long_prompt(tok, n_tokens)
     lenskit.run_lens(model, tok, "Hi")  # warm-up: lazy inits are not the read-out's memory
-    readout = lenskit.find_readout(model)
-    weight = readout.unembed.weight
-    n_rows = len(lenskit.decoder_layers(model)) + 1
-    enc = lenskit.encode_prompt(tok, prompt)
-    t = len(enc)
-    info: dict = {"variant": variant, "tokens": t, "rows": n_rows, "vocab": readout.vocab_size}
-
+    engine = lenskit.ReadoutEngine(model, tokenizer=tok)
+    info: dict[str, Any] = {
+        "variant": variant,
+        "tokens": len(lenskit.encode_prompt(tok, prompt)),
+        "rows": engine.n_rows,
+        "vocab": engine.vocab_size,
+    }
     if variant == "streamed":
-        base = _reset_peak()
-        _, wall, cpu = timed(lambda: lenskit.run_lens(model, tok, prompt), 1)
-        info["peak_extra_mib"] = _peak_mib() - base
-        info["cold_wall"], info["cold_cpu"] = wall, cpu
-        # warm: a fresh process's first large forward passes are slower (allocator warm-up)
-        _, wall, cpu = timed(lambda: lenskit.run_lens(model, tok, prompt), repeats)
-        info["run_lens_wall"], info["run_lens_cpu"] = wall, cpu
-        ids = torch.tensor([enc.input_ids])
-        with torch.inference_mode():
-            (hidden, _), fw_wall, fw_cpu = timed(lambda: lens_mod._forward(model, ids), repeats)
-            info["forward_wall"], info["forward_cpu"] = fw_wall, fw_cpu
-            chunk = max(1, lens_mod.DEFAULT_CHUNK_BYTES // (4 * readout.vocab_size))
-            step = max(1, chunk // n_rows) * n_rows
-            _, ro_wall, ro_cpu = timed(
-                lambda: lens_mod._read_out(
-                    readout, hidden, 5, None, None, weight.device, lambda f, m: None
-                ),
-                repeats,
-            )
-            info["readout_wall"], info["readout_cpu"] = ro_wall, ro_cpu
-            # the floor: the unembedding GEMMs alone, same rows, same chunking
-            x = torch.randn(n_rows * t, weight.shape[1])
-            buf = torch.empty(min(step, n_rows * t), weight.shape[0])
-
-            def gemm() -> None:
-                for s in range(0, x.shape[0], step):
-                    rows = x[s : s + step]
-                    torch.mm(rows, weight.T, out=buf[: rows.shape[0]])
-
-            _, g_wall, g_cpu = timed(gemm, repeats)
-            info["gemm_wall"], info["gemm_cpu"] = g_wall, g_cpu
-            if n_rows * t * weight.shape[0] * 4 <= 512 << 20:  # one-shot GEMM when it is small
-                _, g1_wall, g1_cpu = timed(lambda: x @ weight.T, repeats)
-                info["gemm_oneshot_wall"], info["gemm_oneshot_cpu"] = g1_wall, g1_cpu
-    else:  # naive: every logit at once
-        ids = torch.tensor([enc.input_ids])
-
-        def naive() -> None:
-            with torch.inference_mode():
-                hidden, _ = lens_mod._forward(model, ids)
-                inner = torch.stack([h[0] for h in hidden[:-1]])  # [L, T, d]
-                x = torch.cat([readout.normalize(inner), hidden[-1][0][None]])  # [R, T, d]
-                z = readout.transform(torch.nn.functional.linear(x, weight))  # [R, T, V]
-                lenskit.entropy(z)
-                for i in range(t):
-                    lenskit.kl_div(z[-1, i].expand(n_rows, -1), z[:, i])
-                vals, _ = torch.topk(z, 5, dim=-1)
-                torch.exp(vals - torch.logsumexp(z, dim=-1, keepdim=True))
-
-        base = _reset_peak()
-        _, wall, cpu = timed(naive, 1)
-        info["peak_extra_mib"] = _peak_mib() - base
-        info["run_lens_wall"], info["run_lens_cpu"] = wall, cpu
+        _streamed(info, model, tok, prompt, repeats)
+    else:
+        _naive(info, model, tok, prompt)
     return info
 
 
@@ -171,28 +222,48 @@ def _spawn(variant: str, n_tokens: int, repeats: int) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _fmt(sec: float) -> str:
-    return f"{sec:.2f} s"
+def settings_of(args: argparse.Namespace, quick: bool) -> dict:
+    """The options and what the run reads out: the default model, its dtype and device."""
+    import lenskit
+    from lenskit.model import model_device, model_name
+
+    # Loading here also makes sure the GGUF conversion is cached before the children time it.
+    model, _ = lenskit.load_model("default")
+    long_tokens = args.long_tokens or (QUICK_LONG_TOKENS if quick else LONG_TOKENS)
+    return {
+        "model": model_name(model),
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "device": model_device(model).type,
+        "backend": lenskit.backend(),
+        "top_k": TOP_K,
+        "short_prompt": SHORT,
+        "prompt_tokens_asked": [SHORT_TOKENS, long_tokens],
+        "repeats": [1 if quick else SHORT_REPEATS, 1],
+        "quick": quick,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--no-write", action="store_true", help="print only")
-    parser.add_argument("--long-tokens", type=int, default=1000)
+    parser.add_argument(
+        "--long-tokens",
+        type=int,
+        default=None,
+        help=f"the long prompt's length (default {LONG_TOKENS}; {QUICK_LONG_TOKENS} with --quick)",
+    )
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    _report.add_common_args(parser)
     args = parser.parse_args()
     if args.child:
         variant, n_tokens, repeats = args.child
         print(json.dumps(child(variant, int(n_tokens), int(repeats))))
         return
 
-    from _report import stamp, write_section
-
-    import lenskit
-
-    lenskit.load_model("default")  # make sure the GGUF conversion is cached before timing
+    data = _report.header("bench_lens", settings_of(args, _report.is_quick(args)))
     results = []
-    for n_tokens, repeats in ((40, 3), (args.long_tokens, 1)):
+    for n_tokens, repeats in zip(
+        data["settings"]["prompt_tokens_asked"], data["settings"]["repeats"], strict=True
+    ):
         streamed = _spawn("streamed", n_tokens, repeats)
         results.append(streamed)
         print(json.dumps(streamed), flush=True)
@@ -207,54 +278,9 @@ def main() -> None:
             }
         results.append(naive)
         print(json.dumps(naive), flush=True)
-
-    lines = [
-        stamp(),
-        "",
-        f"Default model (SmolLM2-135M-Instruct, R = {results[0]['rows']} rows, V = {results[0]['vocab']}), "
-        f"chat template, top-5, fp32 on CPU, backend `{lenskit.backend()}`. Extra peak = peak RSS "
-        "during the run (VmHWM, reset before it) minus RSS after loading the model and a warm-up "
-        "run; each variant in a fresh process.",
-        "",
-        "| prompt tokens | read-out | run_lens total, warm (wall / CPU) | first call in the process (wall) | extra peak RSS |",
-        "|---:|---|---:|---:|---:|",
-    ]
-    for r in results:
-        if "skipped" in r:
-            lines.append(f"| {r['tokens']} | naive (all logits) | skipped: {r['skipped']} | | |")
-            continue
-        label = (
-            "streamed (shipped)" if r["variant"] == "streamed" else "naive (all logits, one run)"
-        )
-        lines.append(
-            f"| {r['tokens']} | {label} | {_fmt(r['run_lens_wall'])} / {_fmt(r['run_lens_cpu'])} "
-            f"| {_fmt(r.get('cold_wall', r['run_lens_wall']))} | {r['peak_extra_mib']:.0f} MiB |"
-        )
-    lines += [
-        "",
-        "Read-out alone (entropy + top-5 + KL to final, after the forward pass) against its floor, "
-        "the bare unembedding GEMM for the same rows x positions (same chunking; one-shot in "
-        "brackets where it fits):",
-        "",
-        "| prompt tokens | cells (R x T) | forward | read-out (wall / CPU) | GEMM floor (wall / CPU) | read-out / GEMM (wall, CPU) |",
-        "|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in results:
-        if r["variant"] != "streamed":
-            continue
-        one = ""
-        if "gemm_oneshot_wall" in r:
-            one = f" [{_fmt(r['gemm_oneshot_wall'])} / {_fmt(r['gemm_oneshot_cpu'])}]"
-        lines.append(
-            f"| {r['tokens']} | {r['rows'] * r['tokens']} | {_fmt(r['forward_wall'])} | "
-            f"{_fmt(r['readout_wall'])} / {_fmt(r['readout_cpu'])} | "
-            f"{_fmt(r['gemm_wall'])} / {_fmt(r['gemm_cpu'])}{one} | "
-            f"{r['readout_wall'] / r['gemm_wall']:.2f}x, {r['readout_cpu'] / r['gemm_cpu']:.2f}x |"
-        )
-    body = "\n".join(lines)
-    print(body)
-    if not args.no_write:
-        write_section("bench_lens", body)
+    data["results"] = results
+    print(render.section("bench_lens", data))
+    _report.save("bench_lens", data, args)
 
 
 if __name__ == "__main__":

@@ -13,15 +13,20 @@ difference from "sequential" is reported):
 
 Every variant includes the greedy generation and the clean run. Times are the best of a few
 repeats after a warm-up, wall clock and process CPU time (the machine may be shared with
-other jobs: CPU time is the steadier of the two; the load average is recorded). Writes the
-``bench_sweep`` section of docs/benchmarks.md unless ``--no-write``.
+other jobs: CPU time is the steadier of the two; the load average is recorded).
 
 Also timed, for the README's load times: the first load of the default model in a fresh
 process with an empty cache (GGUF dequantisation, tokenizer build and cache write, into a
 temporary ``LENSKIT_CACHE_DIR`` that is deleted afterwards), and the cached load in this
 process.
 
-Usage: ``python benchmarks/bench_sweep.py [--no-write] [--repeats 3] [--no-conversion]``
+Results: ``benchmarks/results/bench_sweep.json``, besides the common fields (see _report.py)
+``load_avg_1min`` (start, end) and ``results``: the case (``n_blocks``, ``prompt_tokens``,
+``answer``, ``n_positions``, ``first_position``, ``n_generated``), ``strategies`` (per
+strategy: best and every repeat's wall / CPU seconds, the speed-up over sequential, the largest
+KL difference from it), ``generation``, ``load_s``, ``first_load_s`` and ``largest_kl``.
+
+Usage: ``python benchmarks/bench_sweep.py [--quick] [--no-write] [--repeats 3] [--no-conversion]``
 """
 
 from __future__ import annotations
@@ -34,14 +39,20 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _report  # noqa: E402
+import render  # noqa: E402
+
 PROMPT = "What is the capital of Australia?"
 TARGET_S = 10.0
 STRATEGIES = ("prefix", "batched", "sequential")
+DEFAULT_STRATEGY = "prefix"  # what strategy="auto" picks for this case
+MAX_NEW_TOKENS = 5
 
 
 def first_load_s() -> float:
@@ -58,9 +69,56 @@ def first_load_s() -> float:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def settings_of(args: argparse.Namespace, quick: bool) -> dict:
+    """The options (quick mode: one repeat each, no first-load timing) and the case."""
+    return {
+        "prompt": PROMPT,
+        "chat": True,
+        "intervention": "skip",
+        "positions": "template",
+        "max_new_tokens": MAX_NEW_TOKENS,
+        "repeats": 1 if quick else args.repeats,
+        "sequential_repeats": args.sequential_repeats,
+        "time_first_load": not (quick or args.no_conversion),
+        "target_s": TARGET_S,
+        "quick": quick,
+    }
+
+
+def time_strategies(model, tok, settings: dict) -> tuple[list[dict], Any]:
+    """Each strategy timed (best of its repeats) with its KL against sequential's; returns
+    the rows and the default strategy's result."""
+    import numpy as np
+
+    from lenskit import intervention_sweep
+
+    timings, results = {}, {}
+    for strategy in STRATEGIES:
+        repeats = settings["sequential_repeats" if strategy == "sequential" else "repeats"]
+        results[strategy], timings[strategy] = _report.timed(
+            lambda s=strategy: intervention_sweep(
+                model, tok, PROMPT, max_new_tokens=MAX_NEW_TOKENS, strategy=s
+            ),
+            repeats,
+        )
+        wall, cpu = timings[strategy]["wall_s"], timings[strategy]["cpu_s"]
+        print(f"{strategy:10s} wall {wall:6.2f} s  cpu {cpu:6.2f} s  (best of {repeats})")
+    ref = results["sequential"]
+    rows = [
+        {
+            "strategy": strategy,
+            "default": strategy == DEFAULT_STRATEGY,
+            **timings[strategy],
+            "speedup_vs_sequential": timings["sequential"]["wall_s"] / timings[strategy]["wall_s"],
+            "max_abs_dkl_vs_sequential": float(np.abs(results[strategy].kl - ref.kl).max()),
+        }
+        for strategy in STRATEGIES
+    ]
+    return rows, results[DEFAULT_STRATEGY]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--no-write", action="store_true", help="print only")
     parser.add_argument("--repeats", type=int, default=3, help="repeats of the fast variants")
     parser.add_argument(
         "--sequential-repeats", type=int, default=1, help="repeats of the slow reference"
@@ -68,17 +126,14 @@ def main() -> None:
     parser.add_argument(
         "--no-conversion", action="store_true", help="skip timing the first (converting) load"
     )
+    _report.add_common_args(parser)
     args = parser.parse_args()
 
-    import numpy as np
-    import torch
-    from _report import machine, stamp, timed, write_section
+    from lenskit import encode_prompt, greedy_generate, intervention_sweep, load_model
 
-    from lenskit.interventions import greedy_generate, intervention_sweep
-    from lenskit.models import load_model
-    from lenskit.prompts import encode_prompt
-
-    convert_s = None if args.no_conversion else first_load_s()
+    data = _report.header("bench_sweep", settings_of(args, _report.is_quick(args)))
+    st = data["settings"]
+    first_load = first_load_s() if st["time_first_load"] else None
     t0 = time.perf_counter()
     model, tok = load_model("default")
     load_s = time.perf_counter() - t0
@@ -86,67 +141,32 @@ def main() -> None:
     enc = encode_prompt(tok, PROMPT)
     # Warm-up: the first forward pass faults the weights in and initialises the kernels.
     intervention_sweep(model, tok, PROMPT, layers=[n_blocks - 1])
-    _, gen_wall, gen_cpu = timed(lambda: greedy_generate(model, enc.input_ids, 5), args.repeats)
+    _, gen = _report.timed(
+        lambda: greedy_generate(model, enc.input_ids, MAX_NEW_TOKENS), st["repeats"]
+    )
     load_before = os.getloadavg()[0]
-
-    rows = {}
-    results = {}
-    for strategy in STRATEGIES:
-        repeats = args.sequential_repeats if strategy == "sequential" else args.repeats
-        res, wall, cpu = timed(
-            lambda s=strategy: intervention_sweep(model, tok, PROMPT, strategy=s), repeats
-        )
-        results[strategy] = res
-        rows[strategy] = (wall, cpu, repeats)
-        print(f"{strategy:10s} wall {wall:6.2f} s  cpu {cpu:6.2f} s  (best of {repeats})")
-    load_after = os.getloadavg()[0]
-
-    ref = results["sequential"]
-    res = results["prefix"]
-    assert res.kl.shape == (n_blocks, 5), res.kl.shape
-    answer = tok.convert_tokens_to_string(res.generated_tokens.tolist())
-    seq_wall = rows["sequential"][0]
-    lines = [
-        stamp(),
-        "",
-        f"`intervention_sweep` on the default model ({n_blocks} blocks): {PROMPT!r} in the chat "
-        f"template ({len(enc)} tokens), greedy answer {answer!r}; skip at the "
-        f"{res.positions.size} template positions (from position {int(res.positions.min())}), "
-        f"all {n_blocks} blocks x {res.n_generated} generated tokens. Each time includes the "
-        "generation and the clean run; best of the repeats after a warm-up sweep. Target: "
-        f"under {TARGET_S:.0f} s.",
-        "",
-        "| strategy | wall (s) | CPU (s) | speed-up vs sequential (wall) | max abs ΔKL vs sequential (nats) |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for strategy in STRATEGIES:
-        wall, cpu, _ = rows[strategy]
-        diff = float(np.abs(results[strategy].kl - ref.kl).max())
-        name = f"{strategy} (default)" if strategy == "prefix" else strategy
-        lines.append(f"| {name} | {wall:.2f} | {cpu:.2f} | {seq_wall / wall:.1f}x | {diff:.1e} |")
-    lines += [
-        "",
-        f"Greedy generation of 5 tokens alone (part of every row): {gen_wall:.2f} s wall, "
-        f"{gen_cpu:.2f} s CPU. Model load (cached conversion): {load_s:.1f} s."
-        + (
-            ""
-            if convert_s is None
-            else f" First load in a fresh process with an empty cache (import, GGUF "
-            f"conversion, cache write): {convert_s:.1f} s."
-        ),
-        f"Largest KL: {float(res.kl.max()):.2f} nats (block {int(res.layers[res.kl.max(1).argmax()])}). "
-        f"Load average during the run: {load_before:.1f} -> {load_after:.1f} "
-        f"(other jobs share these {os.cpu_count()} cores; torch threads: "
-        f"{torch.get_num_threads()}).",
-        f"Default strategy {'meets' if rows['prefix'][0] < TARGET_S else 'MISSES'} the "
-        f"{TARGET_S:.0f} s target.",
-    ]
-    body = "\n".join(lines)
+    rows, res = time_strategies(model, tok, st)
+    data["load_avg_1min"] = {"start": load_before, "end": os.getloadavg()[0]}
+    assert res.kl.shape == (n_blocks, MAX_NEW_TOKENS), res.kl.shape
+    data["results"] = {
+        "n_blocks": n_blocks,
+        "prompt_tokens": len(enc),
+        "answer": tok.convert_tokens_to_string(res.generated_tokens.tolist()),
+        "n_positions": int(res.positions.size),
+        "first_position": int(res.positions.min()),
+        "n_generated": int(res.n_generated),
+        "strategies": rows,
+        "generation": gen,
+        "load_s": load_s,
+        "first_load_s": first_load,
+        "largest_kl": {
+            "nats": float(res.kl.max()),
+            "block": int(res.layers[res.kl.max(1).argmax()]),
+        },
+    }
     print()
-    print(body)
-    if not args.no_write:
-        write_section("bench_sweep", body)
-        print(f"\nwrote the bench_sweep section of docs/benchmarks.md ({machine()})")
+    print(render.section("bench_sweep", data))
+    _report.save("bench_sweep", data, args)
 
 
 if __name__ == "__main__":
