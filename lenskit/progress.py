@@ -33,18 +33,33 @@ def check_progress(progress: Any) -> None:
 
 
 def _tqdm_progress(desc: str) -> tuple[Progress, Callable[[], None]]:
+    """A tqdm bar that appears at the first report: checks that fail before any work print
+    their error on a line of their own, not after an empty bar."""
     from tqdm.auto import tqdm
 
-    bar = tqdm(
-        total=100, desc=desc, file=sys.stderr, leave=False, bar_format="{l_bar}{bar}| {elapsed}"
-    )
+    bars: list[Any] = []
 
     def update(fraction: float, message: str) -> None:
+        if not bars:
+            bars.append(
+                tqdm(
+                    total=100,
+                    desc=desc,
+                    file=sys.stderr,
+                    leave=False,
+                    bar_format="{l_bar}{bar}| {elapsed}",
+                )
+            )
+        bar = bars[0]
         bar.set_description_str(message[:_BAR_MESSAGE_CHARS])
         bar.n = int(round(100 * min(max(fraction, 0.0), 1.0)))
         bar.refresh()
 
-    return update, bar.close
+    def close() -> None:
+        if bars:
+            bars.pop().close()
+
+    return update, close
 
 
 def progress_reporter(
@@ -53,8 +68,8 @@ def progress_reporter(
     """``(report(fraction, message), close)`` for the ``progress`` argument of the public API.
 
     ``progress`` is a ``progress(fraction in [0, 1], message)`` callback, True (a tqdm bar on
-    stderr titled ``desc``, which ``close()`` removes) or None / False (silent); ``close`` is
-    None unless a bar was made.
+    stderr titled ``desc``, shown from the first report on and removed by ``close()``) or
+    None / False (silent); ``close`` is None unless a bar was asked for.
     """
     check_progress(progress)
     if progress is True:
