@@ -42,22 +42,19 @@ LK_INLINE static float lk_maxf(float a, float b) { return a > b ? a : b; }
 // Prefetches the cache lines of `count` elements at p (data ahead of the exp pass, so that the
 // memory stream overlaps the arithmetic).
 // The fast entropy blocks prefetch the next block to L2 (with their cheaper arithmetic, L2
-// measured ~3-8% faster than L1 on 2 cores); the careful entropy code keeps L1.
+// was the faster choice); the careful entropy code keeps L1.
 constexpr int kFastPrefetchLocality = 2;
 
 // The fast blocks come in two instantiations, Prefetch or not (ops_cpu.cpp picks one per CPU
 // vendor). kl_div's Prefetch code prefetches kPrefetchBytes ahead on both rows (to L1), and
 // for fp32 on AVX-512 reads two halves of a segment in lockstep (see kPairBlockKL); entropy's
 // reads two halves of a segment in lockstep with that prefetch (see kPairBlock).
-//   Intel (Xeon, Emerald Rapids, 2 cores): the prefetch makes kl_div 20-30% faster
-//     ([2048, 49152] fp32: 39.6 -> 29.4 ms, below the 36 ms of a read pass over both inputs;
-//     AVX2, bf16 and [512, 128256] alike), at every distance between the p and q buffers tried
-//     (0-60 KiB past p's end, 1 and 2 threads). 2-4 KiB ahead and L1 or L2 measured alike.
-//   AMD Zen 4: a prefetch one block ahead made some distances between the buffers slow, among
-//     them the one two same-shaped tensors allocated one after the other get (q = p - (size
-//     + 4 KiB)): 1.3x slower on 2 threads, 1.7x on 1 (a C loop with the same prefetches shows
-//     it too; the distances that hit move with the prefetch distance). Without a prefetch
-//     kl_div ran at the read pass's speed at every distance tried.
+//   On Intel cores the prefetch makes kl_div faster than a plain read pass over both inputs,
+//     at every distance between the p and q buffers.
+//   On AMD Zen 4 a prefetch one block ahead made some distances between the buffers slow,
+//     among them the one two same-shaped tensors allocated one after the other get; without a
+//     prefetch kl_div runs at the read pass's speed there. Hence the choice per vendor.
+//   Figures: docs/benchmarks.md and the git history of this file.
 // kl_div's two instantiations do the same arithmetic (bit-identical results) except where the
 // two-half code runs; entropy's split the sums differently (rounding-level differences).
 constexpr int64_t kPrefetchBytes = 2048;
@@ -388,11 +385,8 @@ LK_INLINE static void two_row_step(const typename TA::storage* xa, const typenam
 
 // Entropy's Prefetch instantiation reads a segment as two halves in lockstep, in blocks of
 // kPairBlock elements (two memory streams, like kl_div's two rows), prefetching
-// kPrefetchBytes ahead on both; the halves' states are merged at the end. [2048, 49152] fp32
-// on the Intel part of kPrefetchBytes: 16.1-17.3 -> 14.4-15.2 ms (one stream with the same
-// prefetch: no gain; halves in blocks of kBlock: 7%); bf16 alike either way. Four quarters in
-// lockstep (one vector of each a step, fp32 on AVX-512; tried 2026-11-30): entropy / x.sum
-// 0.85-0.93 against 0.85-0.95 for the halves, 4 alternating process pairs: no gain, not kept.
+// kPrefetchBytes ahead on both; the halves' states are merged at the end. Two streams beat one
+// stream with the same prefetch; four streams gained nothing over two.
 constexpr int64_t kPairBlock = kBlock / 2;
 
 // The exp pass of two blocks of kPairBlock elements at once (xa against ra, xb against rb),
@@ -863,13 +857,9 @@ LK_INLINE static bool kl_step(const typename TX::storage* xb, const typename TY:
 
 // kl_div's Prefetch instantiation reads a segment as two halves in lockstep, in blocks of
 // kPairBlockKL elements per row: four memory streams (p and q of each half), like entropy's
-// two (see kPairBlock), each half with its own state, merged at the end. Measured on the Intel
-// part of kPrefetchBytes (medians of 11 calls, separate processes taking turns):
-//   AVX-512 fp32: [2048, 49152] 30.7-38.7 -> 29.3-32.5 ms (8 runs each, middle 33 -> 30),
-//     [512, 128256] 19.5-22.1 -> 17.3-18.9 ms;
-//   AVX-512 bf16: 22-27 -> 23-30 ms (slower: likely register spills, with the pair loads);
-//   AVX2: no change either way.
-// So only fp32 rows on AVX-512 take it. The results differ from the one-stream-pair code by
+// two (see kPairBlock), each half with its own state, merged at the end. It pays off for fp32
+// rows on AVX-512 only (bf16 got slower, likely register spills with the pair loads; AVX2 did
+// not change), so only those take it. The results differ from the one-stream-pair code by
 // rounding only (other sums, and the merge).
 constexpr int64_t kPairBlockKL = kBlockKL / 2;
 

@@ -17,15 +17,11 @@
 //            KL = u/sp + (mq - mp) + log(sq/sp)
 //
 // To stay memory-bound on Hopper the hot loop may cost only a handful of instructions per
-// element (bf16 [8192, 128256]: ~1e9 elements against ~0.5 ms of HBM time; a budget from the
-// compiler's instruction counts, not yet checked on a GPU), so:
+// element (a budget from the compiler's instruction counts: benchmarks/cuda_static.py), so:
 //   * e^z is one ex2.approx (MUFU.EX2) of z * log2(e): relative error ~2^-22, exact 1 at z = 0
 //     (a one-hot row stays exactly 0), 0 at z = -inf, subnormal results flushed to 0 (terms
-//     below 2^-126 of the row max, which no fp32 sum can see). The accurate expf costs ~8
-//     instructions. With it and per-element NaN checks, the sm_90 main loop took 23.5
-//     instructions per bf16 element (entropy) and 48 per bf16 pair (kl_div), against an issue
-//     budget of ~15 and ~31 at copy bandwidth; now 12.9 and 21.8, rare paths included
-//     (benchmarks/cuda_static.py, 2026-11-30; docs/benchmarks.md).
+//     below 2^-126 of the row max, which no fp32 sum can see). The accurate expf and
+//     per-element NaN checks would put the main loop over that budget.
 //   * NaN / +inf are found per 16-byte vector, not per element: the vector max is taken with
 //     max.NaN (NaN-propagating), so it is NaN or +inf exactly when the vector holds one.
 //   * kl_div's "live in p, masked in q" is d = x - y = +inf: tracked as a running max of d
