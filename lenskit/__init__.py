@@ -10,6 +10,9 @@ The layers, the data flow and the definitions are in docs/architecture.md.
 """
 
 from lenskit.api import run
+from lenskit.dataset.prompts import PromptItem, PromptSet, bundled_prompts, load_prompts
+from lenskit.dataset.result import DatasetResult
+from lenskit.dataset.run import run_dataset
 from lenskit.errors import (
     GenerationLengthError,
     InputError,
@@ -53,6 +56,7 @@ MAX_NEW_TOKENS: int = _MAX_NEW_TOKENS_OPTION.hi
 __all__ = [
     "INTERVENTIONS",
     "MAX_NEW_TOKENS",
+    "DatasetResult",
     "EncodedPrompt",
     "GenerationLengthError",
     "GenerationLens",
@@ -68,6 +72,8 @@ __all__ = [
     "PairwiseKL",
     "PairwiseRequest",
     "PositionSelectionError",
+    "PromptItem",
+    "PromptSet",
     "PromptError",
     "Readout",
     "ReadoutEngine",
@@ -78,6 +84,7 @@ __all__ = [
     "TargetError",
     "UnknownInterventionError",
     "backend",
+    "bundled_prompts",
     "cache_dir",
     "decoder_layers",
     "encode_prompt",
@@ -92,8 +99,10 @@ __all__ = [
     "layer_pairwise_kl",
     "lens_on_generation",
     "load_model",
+    "load_prompts",
     "pairwise_kl",
     "run",
+    "run_dataset",
     "run_lens",
     "sweep_report",
 ]

@@ -11,7 +11,7 @@ the library calls once it knows them. Every failure is an :class:`~lenskit.error
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -29,6 +29,11 @@ from lenskit.errors import (
 __all__ = [
     "BATCH_SIZE",
     "CHUNK_SIZE",
+    "DATASET_BATCH_SIZE",
+    "DATASET_NEW_TOKENS",
+    "DATASET_TOP_K",
+    "USER_TOKENS",
+    "DatasetRequest",
     "MAX_NEW_TOKENS",
     "POSITION_MODES",
     "SEED",
@@ -102,6 +107,18 @@ BATCH_SIZE = IntOption(
 )
 CHUNK_SIZE = IntOption(
     "chunk_size", "Chunk size", 1, None, None, "read-out cells per chunk (default: ~256 MiB)"
+)
+
+USER_TOKENS = IntOption(
+    "user_tokens", "User tokens", 1, 16, 3, "last tokens of the user's text read as columns -k..-1"
+)
+#: The dataset mode's defaults: the same ranges as the single-prompt views.
+DATASET_TOP_K = replace(TOP_K, default=10)
+DATASET_NEW_TOKENS = replace(
+    MAX_NEW_TOKENS, default=24, help="greedy reply tokens per prompt (stops at end of turn)"
+)
+DATASET_BATCH_SIZE = IntOption(
+    "batch_size", "Batch size", 1, 256, 8, "prompts per forward pass and per generation"
 )
 
 #: Named position selections of a sweep (besides explicit prompt indices), with their help.
@@ -281,6 +298,56 @@ class PairwiseRequest:
         from lenskit.lens.lenses import check_lens
 
         check_lens(self.lens)
+
+
+@dataclass(frozen=True)
+class DatasetRequest:
+    """The options of one dataset run (see :func:`lenskit.run_dataset`); the prompts are
+    given separately.
+
+    Attributes:
+        user_tokens: :data:`USER_TOKENS`, the user's last tokens read (columns -k..-1).
+        max_new_tokens: :data:`DATASET_NEW_TOKENS`, the greedy reply's length.
+        top_k: :data:`DATASET_TOP_K`, top tokens kept per cell.
+        sweep: also run the causal check (skip at the template positions, every block).
+        batch_size: :data:`DATASET_BATCH_SIZE`.
+        seed: :data:`SEED`, the control tokens' derangement.
+        lens: a lens name or a :class:`~lenskit.lens.lenses.Lens`.
+    """
+
+    user_tokens: int = USER_TOKENS.default
+    max_new_tokens: int = DATASET_NEW_TOKENS.default
+    top_k: int = DATASET_TOP_K.default
+    sweep: bool = False
+    batch_size: int = DATASET_BATCH_SIZE.default
+    seed: int = SEED.default
+    lens: Any = "logit"
+
+    def __post_init__(self) -> None:
+        USER_TOKENS.check(self.user_tokens)
+        DATASET_NEW_TOKENS.check(self.max_new_tokens, GenerationLengthError)
+        DATASET_TOP_K.check(self.top_k)
+        if not isinstance(self.sweep, (bool, np.bool_)):
+            raise InputError(f"sweep must be True or False, got {self.sweep!r}")
+        DATASET_BATCH_SIZE.check(self.batch_size)
+        SEED.check(self.seed)
+        from lenskit.lens.lenses import check_lens
+
+        check_lens(self.lens)
+
+    def options(self) -> dict[str, Any]:
+        """The options as plain JSON values (the lens by name): what a run directory's state
+        records, so that a resumed run must use the same ones."""
+        from lenskit.lens.lenses import lens_name
+
+        return {
+            "user_tokens": self.user_tokens,
+            "max_new_tokens": self.max_new_tokens,
+            "top_k": self.top_k,
+            "sweep": bool(self.sweep),
+            "seed": self.seed,
+            "lens": lens_name(self.lens),
+        }
 
 
 # --------------------------------------------------------------------------------------------

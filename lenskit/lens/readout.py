@@ -23,7 +23,7 @@ import torch
 from lenskit.errors import InputError, ReadoutError
 from lenskit.lens.lenses import Lens, get_lens
 from lenskit.model.architecture import decoder_layers, find_readout, vocabulary_mismatch
-from lenskit.model.forward_pass import hidden_states_forward, model_device
+from lenskit.model.forward_pass import hidden_states_forward, model_device, padded_batch
 from lenskit.ops import entropy_lse, kl_div
 from lenskit.progress import Progress, silent
 
@@ -140,20 +140,41 @@ class ReadoutEngine:
         position [B, V])``; ``input_ids`` is ``[T]`` or ``[B, T]``."""
         ids = torch.as_tensor(input_ids, dtype=torch.long, device=model_device(self.model))
         ids = ids.reshape(1, -1) if ids.dim() == 1 else ids
+        self._check_ids(ids)
+        with torch.inference_mode():
+            hidden, last = hidden_states_forward(self.model, ids, attention_mask)
+        self._check_rows(hidden)
+        return hidden, last
+
+    def forward_batch(
+        self, sequences: Sequence[Sequence[int]], pad_id: int
+    ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor, list[int]]:
+        """One forward pass over several prompts, left-padded: ``(hidden_states, model logits
+        at the last position [B, V], offsets)``; position p of sequence b is column
+        ``offsets[b] + p`` of the hidden states."""
+        for seq in sequences:
+            self._check_ids(torch.as_tensor(list(seq), dtype=torch.long))
+        ids, mask, positions = padded_batch(sequences, pad_id, model_device(self.model))
+        with torch.inference_mode():
+            hidden, last = hidden_states_forward(self.model, ids, mask, positions)
+        self._check_rows(hidden)
+        width = ids.shape[1]
+        return hidden, last, [width - len(seq) for seq in sequences]
+
+    def _check_ids(self, ids: torch.Tensor) -> None:
         too_big = int(ids.max()) if ids.numel() else -1
         if too_big >= self.vocab_size:
             raise InputError(
                 f"token id {too_big} is outside the model's vocabulary of {self.vocab_size}: "
                 "the tokenizer does not belong to this model."
             )
-        with torch.inference_mode():
-            hidden, last = hidden_states_forward(self.model, ids, attention_mask)
+
+    def _check_rows(self, hidden: Sequence[torch.Tensor]) -> None:
         if len(hidden) != self.n_rows:
             raise ReadoutError(
                 f"{self.readout.architecture} returned {len(hidden)} hidden states for "
                 f"{self.n_layers} decoder blocks (expected {self.n_rows})"
             )
-        return hidden, last
 
     def _states(
         self, hidden: Sequence[torch.Tensor], batch: int, positions: Sequence[int]

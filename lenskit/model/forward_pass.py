@@ -25,6 +25,7 @@ __all__ = [
     "ids_list",
     "model_device",
     "model_logits",
+    "padded_batch",
 ]
 
 _SIGNATURES: weakref.WeakKeyDictionary[nn.Module, frozenset[str]] = weakref.WeakKeyDictionary()
@@ -78,22 +79,57 @@ def model_logits(
     input_ids: torch.Tensor,
     n_last: int,
     attention_mask: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The model's own logits at the last ``n_last`` positions: ``[B, n_last, V]``."""
-    extra = {} if attention_mask is None else {"attention_mask": attention_mask}
+    """The model's own logits at the last ``n_last`` positions: ``[B, n_last, V]`` (a
+    left-padded batch passes its mask and position ids, :func:`padded_batch`)."""
+    extra = _batch_kwargs(model, attention_mask, position_ids)
     out = forward(model, input_ids, n_last=n_last, use_cache=False, **extra)
     return out.logits[:, -n_last:]
 
 
+def padded_batch(
+    sequences: Sequence[Sequence[int]], pad_id: int, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Left-padded ``(input_ids, attention_mask, position_ids)``, each ``[B, T_max]``.
+
+    Left padding keeps every sequence's last token in the last column (where generation
+    continues); position ids count each sequence's own tokens from 0, so a padded row sees
+    the same positions as the sequence alone.
+    """
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), int(pad_id), dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        if len(seq):
+            ids[i, width - len(seq) :] = torch.as_tensor(list(seq), dtype=torch.long)
+            mask[i, width - len(seq) :] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    return ids.to(device), mask.to(device), positions.to(device)
+
+
+def _batch_kwargs(
+    model: nn.Module, attention_mask: torch.Tensor | None, position_ids: torch.Tensor | None
+) -> dict[str, torch.Tensor]:
+    extra = {} if attention_mask is None else {"attention_mask": attention_mask}
+    if position_ids is not None and accepts(model, "position_ids"):
+        extra["position_ids"] = position_ids
+    return extra
+
+
 def hidden_states_forward(
-    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
 ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
     """One forward pass: ``(hidden_states, logits at the last position [B, V])``.
 
     ``hidden_states`` has L + 1 entries ``[B, T, d]``: the embeddings, then each block's
-    output, the last one already through the final norm (as Hugging Face returns it).
+    output, the last one already through the final norm (as Hugging Face returns it). A
+    left-padded batch passes its ``attention_mask`` and ``position_ids`` (:func:`padded_batch`).
     """
-    extra = {} if attention_mask is None else {"attention_mask": attention_mask}
+    extra = _batch_kwargs(model, attention_mask, position_ids)
     out = forward(
         model,
         input_ids,

@@ -8,10 +8,17 @@ import torch
 from torch import nn
 
 from lenskit.errors import GenerationLengthError, InterventionError
-from lenskit.model.forward_pass import cache_kwarg, eos_token_ids, forward, model_device
+from lenskit.model.forward_pass import (
+    _batch_kwargs,
+    cache_kwarg,
+    eos_token_ids,
+    forward,
+    model_device,
+    padded_batch,
+)
 from lenskit.requests import MAX_NEW_TOKENS
 
-__all__ = ["greedy_generate"]
+__all__ = ["greedy_generate", "greedy_generate_batch"]
 
 
 @torch.no_grad()
@@ -65,3 +72,63 @@ def greedy_generate(
 def eos_token_ids_of(model: nn.Module) -> set[int]:
     """The EOS ids of the model's generation config (see :func:`eos_token_ids`)."""
     return eos_token_ids(model, None)
+
+
+@torch.no_grad()
+def greedy_generate_batch(
+    model: nn.Module,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    *,
+    eos_token_ids: Iterable[int] | None = None,
+    pad_token_id: int | None = None,
+) -> list[list[int]]:
+    """Greedy continuations of several prompts at once (left padding, one KV cache).
+
+    Each row equals :func:`greedy_generate` of that prompt alone: padded positions are
+    masked out and position ids count each prompt's own tokens. A row stops at its first EOS
+    (returned as its last token); the batch stops when every row has.
+
+    Args:
+        model: a causal LM.
+        prompts: B token-id sequences of any lengths (each at least one token).
+        max_new_tokens: :data:`lenskit.requests.MAX_NEW_TOKENS`.
+        eos_token_ids: ids that stop a row (default: the model's generation config's).
+        pad_token_id: the id put in padded slots (default: an EOS id, else 0); never read.
+
+    Returns:
+        B lists of generated ids, each ``1 <= G_b <= max_new_tokens``.
+    """
+    n_new = MAX_NEW_TOKENS.check(max_new_tokens, GenerationLengthError)
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise InterventionError("cannot generate from an empty prompt")
+    stop = set(eos_token_ids) if eos_token_ids is not None else eos_token_ids_of(model)
+    pad = pad_token_id if pad_token_id is not None else min(stop, default=0)
+    ids, mask, positions = padded_batch(prompts, pad, model_device(model))
+    cache_name = cache_kwarg(model)
+    out = forward(model, ids, n_last=1, use_cache=True, **_batch_kwargs(model, mask, positions))
+    generated: list[list[int]] = [[] for _ in prompts]
+    done = [False] * len(prompts)
+    for _ in range(n_new):
+        next_ids = out.logits[:, -1].argmax(-1)
+        for b, token in enumerate(next_ids.tolist()):
+            if not done[b]:
+                generated[b].append(int(token))
+                done[b] = token in stop or len(generated[b]) >= n_new
+        if all(done):
+            break
+        cache = getattr(out, "cache", None)
+        if cache is None:
+            cache = getattr(out, "past_key_values", None)
+        step = next_ids[:, None]
+        mask = torch.cat([mask, torch.ones_like(step)], dim=1)
+        positions = positions[:, -1:] + 1
+        extra = _batch_kwargs(model, mask, positions)
+        if cache is None:  # no cache: recompute the whole (padded) sequences
+            ids = torch.cat([ids, step], dim=1)
+            full_positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            extra = _batch_kwargs(model, mask, full_positions)
+            out = forward(model, ids, n_last=1, use_cache=False, **extra)
+        else:
+            out = forward(model, step, n_last=1, use_cache=True, **{cache_name: cache}, **extra)
+    return generated
