@@ -21,8 +21,8 @@ from lenskit.dataset.targets import (
     PromptTargets,
     answer_token,
     control_token,
-    first_token,
     later_tokens,
+    spelled_answer,
 )
 from lenskit.interventions.sweep import sweep_token_ids
 from lenskit.lens.readout import ReadoutEngine
@@ -59,7 +59,7 @@ def _targets(plan: BatchPlan, index: int, reply: list[int]) -> PromptTargets:
     own = {int(t) for t in reply}
     if item.answer is not None:
         answer_id, correct, where = answer_token(plan.tokenizer, reply, item.answer)
-        own |= {answer_id, first_token(plan.tokenizer, " " + item.answer.strip())}
+        own |= {answer_id, spelled_answer(plan.tokenizer, item.answer)}
     else:
         answer_id, correct, where = None, None, None
     control = control_token(index, plan.perm, plan.partner_token, own, enc.input_ids)
@@ -112,13 +112,14 @@ def _records(
     where = plan.alignment.positions(enc)
     present = [j for j, p in enumerate(where) if p is not None]
     slots: dict[str, int | None] = {}
-    ids: list[int] = []
+    ids: list[Any] = []
     for name in ("answer", "next", "control"):
         token = getattr(targets, f"{name}_id")
         slots[name] = None if token is None else len(ids)
         ids += [] if token is None else [token]
     n_named = len(ids)
-    ids += list(targets.later_ids)
+    if targets.later_ids:  # their best rank is the rank of their largest logit: one group
+        ids.append(tuple(targets.later_ids))
     stats = engine.statistics(
         hidden, top_k=plan.request.top_k, targets=ids, batch=batch,
         positions=[offset + where[j] for j in present],

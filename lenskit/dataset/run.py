@@ -26,7 +26,7 @@ from lenskit.dataset.prompts import PromptItem, PromptSet, prompt_items
 from lenskit.dataset.result import FORMAT, DatasetResult
 from lenskit.dataset.stats import SufficientStats, SweepStats
 from lenskit.dataset.store import RunDirectory
-from lenskit.dataset.targets import derangement, first_token
+from lenskit.dataset.targets import derangement, spelled_answer
 from lenskit.errors import InputError, LenskitError
 from lenskit.lens.lenses import Lens
 from lenskit.lens.readout import ReadoutEngine
@@ -200,8 +200,7 @@ def _partner_tokens(
     """Each prompt's token as another prompt's control: its gold answer with a leading
     space, else its next token (the argmax after the prompt, computed in batches)."""
     tokens: list[int | None] = [
-        None if item.answer is None else first_token(tokenizer, " " + item.answer.strip())
-        for item in prompts
+        None if item.answer is None else spelled_answer(tokenizer, item.answer) for item in prompts
     ]
     missing = [i for i, t in enumerate(tokens) if t is None]
     for start in range(0, len(missing), batch_size):

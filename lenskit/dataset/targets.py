@@ -1,14 +1,16 @@
 """The tokens each prompt's cells are scored against: answer, next, later and control.
 
 * ``answer``: the gold answer's first token as the reply spells it. The gold answer is looked
-  for in the reply (case-insensitive, at a word start) and the reply token where it begins is
+  for in the reply (case-insensitive, as a whole word) and the reply token where it begins is
   taken (" Paris" in "The capital of France is Paris."); when the reply lacks it, the first
-  token of the answer with a leading space, and ``correct`` is False.
+  token of the answer with a leading space (:func:`spelled_answer`), and ``correct`` is
+  False.
 * ``next``: the first generated token (what the model is about to say).
 * ``later``: the reply's tokens 1..G-1 that occur nowhere in the prompt and are no special
   tokens (lookahead that is not copying); a cell's ``later_rank`` is the best of their ranks.
 * ``control``: another prompt's token, by a fixed derangement of the whole set (by seed): the
-  partner's gold answer with a leading space (its ``next`` token when it has no gold answer),
+  partner's gold answer as :func:`spelled_answer` spells it (its ``next`` token when it has
+  no gold answer),
   never this prompt's own answer (either spelling), never a token of its reply and never a
   token of the prompt, walking on along the derangement's cycle when it would be. It depends on the set and the seed only,
   not on batching or the number of processes.
@@ -23,7 +25,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["PromptTargets", "answer_token", "control_token", "derangement", "later_tokens"]
+__all__ = [
+    "PromptTargets",
+    "answer_token",
+    "control_token",
+    "derangement",
+    "first_token",
+    "later_tokens",
+    "spelled_answer",
+]
 
 
 @dataclass(frozen=True)
@@ -44,20 +54,32 @@ def first_token(tokenizer: Any, text: str) -> int:
     return int(ids[0])
 
 
+def spelled_answer(tokenizer: Any, answer: str) -> int:
+    """The answer's first token as a reply would spell it after a space: the first token of
+    ``" " + answer``, or of ``answer`` itself where the former is a bare space (tokenizers
+    that split digits write " 22" as " ", "2", "2")."""
+    spaced = first_token(tokenizer, " " + answer.strip())
+    if tokenizer.decode([spaced]).strip():
+        return spaced
+    return first_token(tokenizer, answer.strip())
+
+
 def answer_token(
     tokenizer: Any, reply_ids: Sequence[int], answer: str
 ) -> tuple[int, bool, int | None]:
-    """``(answer_id, correct, reply_index)`` of a gold ``answer`` in a reply (module doc)."""
+    """``(answer_id, correct, reply_index)`` of a gold ``answer`` in a reply (module doc): the
+    answer must stand as a word of its own ("C" is not found in "chemical")."""
     pieces = [tokenizer.decode([int(t)]) for t in reply_ids]
     text = "".join(pieces)
-    found = re.search(rf"(?<!\w){re.escape(answer.strip())}", text, flags=re.IGNORECASE)
+    word = rf"(?<!\w){re.escape(answer.strip())}(?!\w)"
+    found = re.search(word, text, flags=re.IGNORECASE)
     if found is not None:
         end = 0
         for j, piece in enumerate(pieces):
             end += len(piece)
             if found.start() < end:
                 return int(reply_ids[j]), True, j
-    return first_token(tokenizer, " " + answer.strip()), False, None
+    return spelled_answer(tokenizer, answer), False, None
 
 
 def later_tokens(

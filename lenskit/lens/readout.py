@@ -63,7 +63,9 @@ def blocked_topk(z: torch.Tensor, k: int, block: int = 64) -> tuple[torch.Tensor
     return vals, torch.gather(idx, 1, j)
 
 
-def _chunk_stats(z: torch.Tensor, k: int, targets: Sequence[int]) -> dict[str, torch.Tensor]:
+def _chunk_stats(
+    z: torch.Tensor, k: int, targets: Sequence[int | Sequence[int]]
+) -> dict[str, torch.Tensor]:
     """Statistics of one chunk of read-out logits ``z [P, R, V]`` (row R-1 is "out" at each
     of the P positions): fused entropy + log-normaliser, fused KL to the out row, one
     block-max top-k; the log-normaliser gives the top-k and target probabilities."""
@@ -88,12 +90,20 @@ def _chunk_stats(z: torch.Tensor, k: int, targets: Sequence[int]) -> dict[str, t
         "top_probs": torch.exp(top_vals.float().view(p, r, k) - lse[:, :, None]),
     }
     if len(targets):
-        ids = torch.as_tensor(list(targets), dtype=torch.long, device=z.device)
-        zt = flat[:, ids]  # [P*R, n]
+        zt = torch.stack([_target_logit(flat, t) for t in targets], dim=-1)  # [P*R, n]
         stats["target_prob"] = torch.exp(zt.float().view(p, r, -1) - lse[:, :, None])
         ranks = [(flat > zt[:, j : j + 1]).sum(dim=-1) for j in range(len(targets))]
         stats["target_rank"] = torch.stack(ranks, dim=-1).view(p, r, -1)
     return stats
+
+
+def _target_logit(flat: torch.Tensor, target: int | Sequence[int]) -> torch.Tensor:
+    """Each row's logit of ``target``; for a group of ids, the largest of theirs (the
+    best-ranked member: one rank to count instead of one per member)."""
+    if isinstance(target, (int, np.integer)):
+        return flat[:, int(target)]
+    ids = torch.as_tensor(list(target), dtype=torch.long, device=flat.device)
+    return flat[:, ids].amax(dim=-1)
 
 
 class ReadoutEngine:
@@ -200,7 +210,7 @@ class ReadoutEngine:
         hidden: Sequence[torch.Tensor],
         *,
         top_k: int,
-        targets: Sequence[int] = (),
+        targets: Sequence[int | Sequence[int]] = (),
         positions: Sequence[int] | None = None,
         batch: int = 0,
         chunk_size: int | None = None,
@@ -210,7 +220,8 @@ class ReadoutEngine:
 
         Returns numpy arrays ``entropy``/``kl_to_final`` ``[R, P]`` (nats), ``top_ids`` /
         ``top_probs`` ``[R, P, k]``, with ``targets``: ``target_prob`` / ``target_rank``
-        ``[R, P, n_targets]``; and ``last_out_logits``, row "out" at the last position read
+        ``[R, P, n_targets]`` (a target that is a group of ids counts as its best-ranked
+        member: its rank and that member's probability); and ``last_out_logits``, row "out" at the last position read
         (for :meth:`check_out_row`).
         """
         pos = list(range(hidden[0].shape[1])) if positions is None else [int(p) for p in positions]

@@ -74,6 +74,22 @@ def test_batched_cells_equal_run_lens(tok, llama, run):
         np.testing.assert_array_equal(mine["top1_id"], lens.top_ids[:, cols, 0].ravel())
 
 
+def test_later_rank_is_the_best_of_the_replys_new_tokens(tok, llama, run):
+    p = run.prompts.iloc[0]
+    later = list(p["later_ids"])
+    assert later and not set(later) & set(
+        lenskit.encode_prompt(tok, PROMPTS[0]["prompt"]).input_ids
+    )
+    enc = lenskit.encode_prompt(tok, PROMPTS[0]["prompt"])
+    cols = [enc.template_positions[0] + c for c in run.columns]
+    ranks = [
+        lenskit.run_lens(llama, tok, PROMPTS[0]["prompt"], target=t).target_rank for t in later
+    ]
+    best = np.min(np.stack(ranks), axis=0)[:, cols].ravel()
+    mine = run.records[run.records["prompt_index"] == 0].sort_values(["row", "column"])
+    np.testing.assert_array_equal(mine["later_rank"], best)
+
+
 def test_next_token_is_the_out_rows_top1_at_the_last_slot(run):
     last = run.summary("next_hit", k=1)
     assert last.loc["out", run.columns[-1]] == 1.0  # the model's own prediction, exactly
@@ -112,8 +128,9 @@ def test_answer_is_found_in_the_reply(tok):
     missing, ok, where = answer_token(tok, reply, "Tokyo")
     assert not ok and where is None
     assert missing == tok.encode(" Tokyo", add_special_tokens=False)[0]
-    # at a word start only: "aris" is inside "Paris"
+    # a whole word only: "aris" is inside "Paris", "capita" starts "capital"
     assert not answer_token(tok, reply, "aris")[1]
+    assert not answer_token(tok, reply, "capita")[1]
     assert later_tokens([5, 6, 7, 6, 2], [7], {2}) == (6,)
 
 
