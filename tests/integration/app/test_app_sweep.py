@@ -1,7 +1,8 @@
-"""The "Generation & interventions" tab under AppTest, with the tiny random model as "default".
+"""The "Generation & interventions" page under AppTest, with the tiny random model as "default".
 
-The tab reuses the sidebar's model and prompt (the last good logit-lens run); its own inputs
-live in a form (key "sweep_form") submitted by the button with key "sweep_submit". Charts are
+The page reuses the sidebar's model and prompt (the last good logit-lens run); its own inputs
+live in a form (key "sweep_form") submitted by the button with key "sweep_submit". The
+session's typed state (lenskit.ui.state.AppState) holds the sweep report. Charts are
 "vega_lite_chart" elements; charts without selections carry no id, so they are told apart by
 their title text.
 """
@@ -12,17 +13,22 @@ import json
 from pathlib import Path
 
 import pytest
-import streamlit as st
+from conftest import REPO_ROOT
 from streamlit.testing.v1 import AppTest
 
-APP = str(Path(__file__).resolve().parents[2] / "app.py")
+from lenskit.ui.pages import PAGES
+from lenskit.ui.state import STATE_KEY, AppState
+
+APP = str(REPO_ROOT / "app.py")
 TIMEOUT = 120
 TAB = "Generation & interventions"
+#: Page files, relative to app.py, by title.
+PAGE_FILES = {p.title: str(p.path.relative_to(REPO_ROOT)) for p in PAGES}
 
 
 @pytest.fixture
 def app(tiny_default_model: Path) -> AppTest:
-    """A fresh app session: first run (the example prompt, chat template) done, tab opened."""
+    """A fresh app session: first run (the example prompt, chat template) done, page opened."""
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
     at.run()
     assert not at.exception, at.exception
@@ -30,11 +36,23 @@ def app(tiny_default_model: Path) -> AppTest:
 
 
 def open_tab(at: AppTest, label: str = TAB) -> AppTest:
-    """Switch tabs (only the open tab's content runs; its state key is "active_tab")."""
-    at.session_state["active_tab"] = label
-    at.run()
+    """Switch pages (only the open page runs)."""
+    at.switch_page(PAGE_FILES[label]).run()
     assert not at.exception, at.exception
     return at
+
+
+def state(at: AppTest) -> AppState:
+    return at.session_state[STATE_KEY]
+
+
+def lens_result(at: AppTest):
+    return state(at).lens.result
+
+
+def sweep_result(at: AppTest):
+    report = state(at).sweep.report
+    return None if report is None else report.sweep
 
 
 def run_lens(at: AppTest, **fields) -> AppTest:
@@ -47,7 +65,8 @@ def run_lens(at: AppTest, **fields) -> AppTest:
 
 
 def tab(at: AppTest):
-    return next(t for t in at.tabs if t.label == TAB)
+    """The page's main area."""
+    return at.main
 
 
 def specs(at: AppTest) -> dict[str, dict]:
@@ -75,6 +94,7 @@ def run_sweep(at: AppTest, **fields) -> AppTest:
 
 
 def tab_messages(at: AppTest) -> str:
+    """The page's errors and warnings as they read (user text is escaped with backslashes)."""
     t = tab(at)
     return " | ".join(e.value for e in [*t.error, *t.warning]).replace("\\", "")
 
@@ -84,12 +104,13 @@ def rect_layer(spec: dict) -> dict:
 
 
 def test_tab_exists_and_waits_for_a_run(app: AppTest) -> None:
-    assert [t.label for t in app.tabs] == ["Logit lens", TAB]
+    assert [p.title for p in PAGES] == ["Logit lens", TAB]
+    assert app.button(key="sweep_submit")  # this page's form is on screen
     assert "sweep" not in specs(app)
     assert any("Run sweep" in i.value for i in tab(app).info)
     # the layer x layer KL view is there without a sweep (prompt positions of the lens run)
     assert "pairwise" in specs(app)
-    lens = app.session_state["lens_result"]
+    lens = lens_result(app)
     assert app.selectbox(key="pair_pos").value == lens.n_positions - 1
     # defaults: all blocks, template positions, skip, 5 tokens
     n_blocks = lens.n_rows - 1
@@ -103,8 +124,8 @@ def test_sweep_shows_heatmap(app: AppTest) -> None:
     run_sweep(app, sweep_max_new=3)
     assert not app.exception, app.exception
     assert not tab(app).error, tab_messages(app)
-    result = app.session_state["sweep_result"]
-    lens = app.session_state["lens_result"]
+    result = sweep_result(app)
+    lens = lens_result(app)
     assert result.kl.shape == (lens.n_rows - 1, result.n_generated)
     assert 1 <= result.n_generated <= 3
     assert result.positions.tolist() == lens.template_positions.tolist()
@@ -124,33 +145,28 @@ def test_sweep_shows_heatmap(app: AppTest) -> None:
     keys = {b.proto.id.rsplit("-", 1)[-1] for b in tab(app).get("download_button")}
     assert {"dl_sweep_csv", "dl_sweep_json", "dl_sweep_kl_png", "dl_sweep_kl_svg"} <= keys
     # the lens tab is untouched
-    assert app.session_state["lens_result"] is lens
+    assert lens_result(app) is lens
 
 
-def test_sweep_kept_when_the_generation_lens_does_not_fit(app: AppTest, monkeypatch) -> None:
+def test_sweep_kept_when_the_generation_lens_does_not_fit(app: AppTest) -> None:
     """At the context's edge the sweep fits (it never reads its last token) and the lens over
     the generation does not: the sweep is shown, with a warning instead of that lens."""
-    import lenskit.interventions as interventions
-
-    def too_long(*args, **kwargs):
-        raise interventions.GenerationLengthError("the model would read 129, more than 128")
-
-    monkeypatch.setattr(interventions, "lens_on_generation", too_long)
-    st.cache_data.clear()  # an earlier test's cached lens would hide the patched function
-    run_sweep(app, sweep_max_new=2)
+    run_lens(app, prompt="word " * 10)  # 77 tokens with the template; the context is 128
+    n_prompt = lens_result(app).n_positions
+    run_sweep(app, sweep_max_new=129 - n_prompt, sweep_layers=[0])  # reads 128, the lens 129
     assert not app.exception and not tab(app).error, tab_messages(app)
-    assert app.session_state["sweep_result"] is not None
-    assert app.session_state["gen_lens_result"] is None
+    assert sweep_result(app).n_generated == 129 - n_prompt
+    assert state(app).sweep.report.generation is None
     assert "sweep" in specs(app) and "gen_lens" not in specs(app)
-    assert "no logit lens on the generated tokens" in tab_messages(app).lower()
+    assert "no lens over the generation" in tab_messages(app).lower()
 
 
 def test_unused_picked_positions_are_mentioned(app: AppTest) -> None:
-    """QA: picked positions were silently ignored unless the mode was Pick positions."""
+    """Picked positions are used only with 'explicit': otherwise the page says so."""
     run_sweep(app, sweep_pos_mode="template", sweep_positions=[1, 2], sweep_max_new=1)
     assert not tab(app).error, tab_messages(app)
-    lens = app.session_state["lens_result"]
-    assert app.session_state["sweep_result"].positions.tolist() == lens.template_positions.tolist()
+    lens = lens_result(app)
+    assert sweep_result(app).positions.tolist() == lens.template_positions.tolist()
     assert any("picked positions are not used" in i.value for i in tab(app).info)
     run_sweep(app, sweep_positions=[])
     assert not any("picked positions" in i.value for i in tab(app).info)
@@ -159,7 +175,7 @@ def test_unused_picked_positions_are_mentioned(app: AppTest) -> None:
 def test_quick_pick_and_options(app: AppTest) -> None:
     app.button(key="sweep_pick_band").click().run()
     assert not app.exception
-    n_blocks = app.session_state["lens_result"].n_rows - 1
+    n_blocks = lens_result(app).n_rows - 1
     from lenskit.charts import band_layers
 
     assert app.multiselect(key="sweep_layers").value == band_layers(n_blocks)
@@ -173,7 +189,7 @@ def test_quick_pick_and_options(app: AppTest) -> None:
         sweep_max_new=2,
     )
     assert not app.exception and not tab(app).error, tab_messages(app)
-    result = app.session_state["sweep_result"]
+    result = sweep_result(app)
     assert result.layers.tolist() == [0, n_blocks - 1]
     assert result.positions.tolist() == [1, 2]
     assert result.intervention == "noise" and result.seed == 7
@@ -186,7 +202,7 @@ def test_pairwise_position(app: AppTest) -> None:
     assert not app.exception
     spec = specs(app)["pairwise"]
     assert "position 2" in json.dumps(spec["title"])
-    lens = app.session_state["lens_result"]
+    lens = lens_result(app)
     assert len(spec["encoding"]["x"]["scale"]["domain"]) == lens.n_rows
 
 
@@ -210,7 +226,7 @@ def test_pairwise_chart_values(app: AppTest) -> None:
 
     app.selectbox(key="pair_pos").set_value(3).run()
     assert not app.exception
-    lens = app.session_state["lens_result"]
+    lens = lens_result(app)
     model, tokenizer = load_model("default")
     names, kl = layer_pairwise_kl(
         model, tokenizer, lens.prompt, 3, chat=lens.chat, system=lens.system
@@ -224,7 +240,7 @@ def test_pairwise_chart_values(app: AppTest) -> None:
 @pytest.mark.parametrize(
     ("fields", "expected"),
     [
-        ({"sweep_layers": []}, "no blocks selected"),
+        ({"sweep_layers": []}, "layers is empty"),
         ({"sweep_pos_mode": "explicit", "sweep_positions": []}, "no positions picked"),
         ({"sweep_pos_mode": "all-prompt", "sweep_intervention": "mean"}, "mean"),
     ],
@@ -232,12 +248,12 @@ def test_pairwise_chart_values(app: AppTest) -> None:
 )
 def test_bad_input_keeps_last_sweep(app: AppTest, fields: dict, expected: str) -> None:
     run_sweep(app, sweep_max_new=2)
-    good = app.session_state["sweep_json"]
+    good = state(app).sweep.report
     run_sweep(app, **fields)
     assert not app.exception, app.exception
     text = tab_messages(app).lower()
     assert expected in text, text
-    assert app.session_state["sweep_json"] == good
+    assert state(app).sweep.report is good
     assert "sweep" in specs(app)  # the last good sweep is still on screen
     assert any("last good sweep" in c.value for c in tab(app).caption)
 
@@ -249,13 +265,13 @@ def test_generation_past_the_context_is_a_message(app: AppTest) -> None:
     run_sweep(app, sweep_max_new=64)
     assert not app.exception, app.exception
     assert "context" in tab_messages(app).lower()
-    assert app.session_state.get("sweep_result") is None
+    assert sweep_result(app) is None
 
 
 def test_out_of_range_numbers_are_explained(app: AppTest) -> None:
-    """Out-of-range numbers give a visible message (QA: 500 tokens, and Run sweep did
-    nothing: the browser silently refuses values outside a number_input's min/max). The
-    fields have no bounds of their own; the labels say the range and the app checks it."""
+    """Out-of-range numbers give a visible message: the browser silently refuses values
+    outside a number_input's min/max, so the fields have no bounds of their own; the labels
+    say the range and the request's message says what is allowed."""
     for key in ("sweep_max_new", "sweep_seed"):
         widget = app.number_input(key=key)
         assert not widget.proto.has_min and not widget.proto.has_max, key
@@ -264,47 +280,47 @@ def test_out_of_range_numbers_are_explained(app: AppTest) -> None:
         run_sweep(app, sweep_max_new=bad)
         assert not app.exception, app.exception
         text = tab_messages(app).lower()
-        assert "tokens to generate must be between 1 and 64" in text, text
-        assert app.session_state.get("sweep_result") is None
+        # the library's message (lenskit.requests.MAX_NEW_TOKENS), not an app-side copy
+        assert "max_new_tokens must be an integer in 1..64" in text, text
+        assert sweep_result(app) is None
         # the error is the message: no "press Run sweep" as if nothing had happened
         assert not any("Run sweep" in i.value for i in tab(app).info)
     run_sweep(app, sweep_max_new=2, sweep_seed=-5)
-    assert "noise seed must be between 0" in tab_messages(app).lower()
-    assert app.session_state.get("sweep_result") is None
+    assert "seed must be an integer in 0.." in tab_messages(app).lower()
+    assert sweep_result(app) is None
     run_sweep(app, sweep_max_new=2, sweep_seed=3)
     assert not tab(app).error, tab_messages(app)
-    assert app.session_state["sweep_result"].max_new_tokens == 2
+    assert sweep_result(app).max_new_tokens == 2
 
 
 def test_new_prompt_resets_pairwise_position(app: AppTest) -> None:
     """The layer x layer KL position is reset with the drill-down's when the prompt changes,
-    and the browser is sent the label of the new token (QA: the box kept showing
-    "29: Australia" while the chart showed position 29 of the France prompt)."""
+    and the browser is sent the label of the new token (not the old prompt's token at that
+    position)."""
     app.selectbox(key="pair_pos").set_value(2).run()
     assert "position 2 " in json.dumps(specs(app)["pairwise"]["title"])
     run_lens(app, prompt="What is the capital of France?", target=" Paris")
     assert not app.exception and not app.error
-    lens = app.session_state["lens_result"]
+    lens = lens_result(app)
     last = lens.n_positions - 1
     box = app.selectbox(key="pair_pos")
     assert box.value == last == app.session_state["drill_pos"]
     # the label the browser shows: sent with the new value, and naming the current token
     assert box.proto.set_value and box.proto.raw_value == box.proto.options[last]
-    from lenskit.tokens import format_token
+    from lenskit.text import format_token
 
     assert box.proto.raw_value.startswith(f"{last}: {format_token(str(lens.tokens[last]), 24)}")
     assert f"position {last} " in json.dumps(specs(app)["pairwise"]["title"])
 
 
 def test_new_prompt_clears_sweep_messages(app: AppTest) -> None:
-    """A sweep error is about the prompt it was raised for (QA: "no template tokens" stayed
-    on screen after picking a chat example)."""
+    """A sweep error is about the prompt it was raised for: a new prompt clears it."""
     app.selectbox(key="example").set_value("Counting (raw text)").run()
     run_sweep(app)
-    assert "no template tokens" in tab_messages(app).lower()
+    assert "no chat-template tokens" in tab_messages(app).lower()
     app.selectbox(key="example").set_value("Capital of France (chat)").run()
     assert not app.exception, app.exception
-    assert app.session_state["lens_result"].prompt == "What is the capital of France?"
+    assert lens_result(app).prompt == "What is the capital of France?"
     assert not tab(app).error, tab_messages(app)
     assert any("Run sweep" in i.value for i in tab(app).info)
 
@@ -313,10 +329,10 @@ def test_raw_prompt_without_template(app: AppTest) -> None:
     run_lens(app, chat=False, target="")
     assert not app.exception
     run_sweep(app)
-    assert "no template tokens" in tab_messages(app).lower()
+    assert "no chat-template tokens" in tab_messages(app).lower()
     run_sweep(app, sweep_pos_mode="all-prompt", sweep_max_new=2)
     assert not tab(app).error, tab_messages(app)
-    assert not app.session_state["sweep_result"].chat
+    assert not sweep_result(app).chat
 
 
 def test_switching_tabs_keeps_inputs_and_results(tiny_default_model: Path) -> None:
@@ -344,7 +360,7 @@ def test_lens_errors_show_in_this_tab(app: AppTest) -> None:
     assert not tab(app).error
     run_lens(app, model_choice="other", model_path="/no/such/model")
     assert not app.exception
-    assert "could not load" in tab_messages(app).lower()  # the sidebar's error, shown here
+    assert "no such file" in tab_messages(app).lower()  # the sidebar's error, shown here
     assert "sweep" in specs(app)  # the last good sweep stays
 
 
@@ -368,3 +384,35 @@ def test_generation_lens_metric_selector(app: AppTest) -> None:
         assert not app.exception, app.exception
         colour = rect_layer(specs(app)["gen_lens"])["encoding"]["color"]
         assert colour["title"].startswith(start), (key, colour["title"])
+
+
+def test_interrupted_sweep_says_so_and_runs_again(app: AppTest, monkeypatch) -> None:
+    """A sweep stopped half-way (as by a page switch) is never lost without a word: back on
+    this page, it says so; "Run again" runs it."""
+    import streamlit as st
+    from streamlit.runtime.scriptrunner_utils.exceptions import StopException
+
+    import lenskit
+    from lenskit.requests import SweepRequest
+
+    real = lenskit.run
+
+    def run(model, tokenizer, request, **kwargs):
+        if isinstance(request, SweepRequest):
+            raise StopException()
+        return real(model, tokenizer, request, **kwargs)
+
+    st.cache_data.clear()
+    monkeypatch.setattr(lenskit, "run", run)
+    run_sweep(app, sweep_max_new=2, sweep_layers=[0])
+    assert sweep_result(app) is None
+    open_tab(app, "Logit lens")
+    assert not any("interrupted" in w.value for w in app.warning)  # the lens run is fine
+    open_tab(app)
+    assert any("sweep below was interrupted" in w.value for w in tab(app).warning)
+    monkeypatch.undo()
+    app.button(key="run_again_sweep").click().run()
+    assert not app.exception and not tab(app).error, tab_messages(app)
+    assert sweep_result(app).layers.tolist() == [0] and sweep_result(app).n_generated <= 2
+    assert not any("interrupted" in w.value for w in tab(app).warning)
+    assert "sweep" in specs(app)

@@ -34,6 +34,13 @@ IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
 CHART = "[data-testid='stVegaLiteChart']"
 
 
+# The drill-down table's scroller: how much wider / taller its content is than its box.
+TABLE_OVERFLOW_JS = """() => {
+  const grid = document.querySelector("[data-testid='stDataFrame'] .dvn-scroller");
+  if (!grid) return null;
+  return {x: grid.scrollWidth - grid.clientWidth, y: grid.scrollHeight - grid.clientHeight};
+}"""
+
 # How far (px) the drill-down chart's drawing sticks out to the right of its st.column.
 DRILL_OVERFLOW_JS = """() => {
   for (const col of document.querySelectorAll("[data-testid='stColumn']")) {
@@ -202,7 +209,7 @@ def test_app_in_chromium(chromium: str, app_url: str, tmp_path: Path) -> None:
         assert page.locator("[data-testid='stException']").count() == 0
 
         # move the Position box elsewhere, then click the same cell again: the drill-down
-        # follows the click again (QA: the chart's selection had not changed, so nothing fired)
+        # follows the click again (the chart is remounted, so its selection changes again)
         clicked = drill.input_value()
         drill.click()
         page.keyboard.type("0:")
@@ -226,14 +233,59 @@ def test_app_in_chromium(chromium: str, app_url: str, tmp_path: Path) -> None:
         assert overflow <= 1, f"the drill-down chart sticks out of its column by {overflow}px"
         page.screenshot(path=str(tmp_path / "drill_1280.png"), full_page=True)
 
-        # an out-of-range number is explained, not silently refused by the browser
+        # at 1600 px the drill-down table shows every row and every column (top-5 tokens and
+        # p1..p5) without an inner scroll
+        page.set_viewport_size({"width": 1600, "height": 1000})
+        page.wait_for_timeout(1500)
+        overflow = page.evaluate(TABLE_OVERFLOW_JS)
+        assert overflow is not None, "no drill-down table"
+        assert overflow["x"] <= 1 and overflow["y"] <= 1, f"the table scrolls: {overflow}"
+        page.screenshot(path=str(tmp_path / "table_1600.png"), full_page=True)
+
+        # an out-of-range number is explained (the library's message), not silently refused
         page.get_by_role("spinbutton", name="Top-k tokens per cell").fill("100")
         page.get_by_role("button", name="Run logit lens").click()
-        page.get_by_text("Top-k must be between 1 and 50").first.wait_for(timeout=30_000)
+        page.get_by_text("top_k must be an integer in 1..50").first.wait_for(timeout=30_000)
         wait_idle(page)
 
 
-# app._chart_key adds "_N" to the key after a selection reset.
+def test_run_is_never_lost_on_a_page_switch(
+    chromium: str, app_url: str, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Switching page while a run is going: the run finishes and its result shows, or the
+    page says it was interrupted and "Run again" runs it; never the old result in silence."""
+    other = tmp_path / "other_model"  # not loaded yet: the run first loads it
+    shutil.copytree(tiny_model_dir, other)
+    prompt = "What is the capital of Japan?"
+    with app_page(chromium, app_url, CHART) as page:
+        page.get_by_text("Other: hub id, local dir or .gguf").click()
+        page.get_by_role("textbox", name="Hub id, local directory or .gguf path").fill(str(other))
+        page.get_by_role("textbox", name="Prompt", exact=True).fill(prompt)
+        page.get_by_role("textbox", name="Target token (optional)").fill("")
+        page.get_by_role("button", name="Run logit lens").click()
+        page.get_by_role("link", name="Generation & interventions").click()
+        page.wait_for_timeout(500)
+        wait_idle(page)
+        again = page.get_by_role("button", name="Run again")
+        interrupted = again.count() > 0
+        if interrupted:
+            assert page.get_by_text("was interrupted before it finished").count() > 0
+            page.screenshot(path=str(tmp_path / "interrupted.png"), full_page=True)
+            again.click()
+            page.wait_for_timeout(500)
+            wait_idle(page)
+        assert page.locator("[data-testid='stException']").count() == 0
+        page.get_by_role("link", name="Logit lens").click()
+        page.locator("[data-testid='stCode']").filter(has_text=prompt).first.wait_for(
+            timeout=60_000
+        )
+        wait_idle(page)
+        assert page.get_by_role("button", name="Run again").count() == 0
+        caption = page.get_by_text("Model:").first.inner_text()
+        assert "other_model" in caption, (interrupted, caption)
+
+
+# lenskit.ui.widgets.chart_key adds "_N" to the key after a selection reset.
 DETAIL = "[class*='st-key-detail_chart'] [data-testid='stVegaLiteChart']"
 
 
@@ -284,8 +336,8 @@ def set_detail_range_width(page, n: int) -> None:
 
 
 def test_detail_narrow_range_in_chromium(chromium: str, app_url: str, tmp_path: Path) -> None:
-    """QA: a detail range of <= 6 positions (the chat-template tokens) collapsed to a strip a
-    few pixels wide; the cells keep their 62 px whatever the range."""
+    """A detail range of <= 6 positions (the chat-template tokens) keeps its 62 px cells
+    instead of collapsing to a strip a few pixels wide."""
     with app_page(chromium, app_url, DETAIL) as page:
         for n in (2, 6):
             set_detail_range_width(page, n)
@@ -303,7 +355,7 @@ def test_detail_narrow_range_in_chromium(chromium: str, app_url: str, tmp_path: 
 def test_readme_screenshot(tmp_path: Path) -> None:
     """Regenerate docs/app.png on the real default model (opt-in: LENSKIT_README_SCREENSHOT=1).
 
-    ``LENSKIT_README_SCREENSHOT=1 .venv/bin/python -m pytest tests/app/test_browser.py -k readme``
+    ``LENSKIT_README_SCREENSHOT=1 .venv/bin/python -m pytest tests/acceptance/test_browser.py -k readme``
     """
     if not os.environ.get("LENSKIT_README_SCREENSHOT"):
         pytest.skip("set LENSKIT_README_SCREENSHOT=1 to regenerate docs/app.png")

@@ -1,8 +1,10 @@
 """The Streamlit app under AppTest, with a tiny random model as "default" (fast, offline).
 
 AppTest runs app.py in this process; the model is selected through LENSKIT_DEFAULT_MODEL.
-Charts appear as elements of type "vega_lite_chart" whose ``proto.spec`` is the Vega-Lite
-JSON (the cell data travel separately as Arrow datasets). AppTest cannot brush a chart, so
+Widgets are set by their keys (lenskit.ui.state.Keys); the app's own state (results, messages,
+the pending run) is the typed AppState (app_helpers.state). Charts appear as elements of type
+"vega_lite_chart" whose ``proto.spec`` is the Vega-Lite JSON (the cell data travel separately
+as Arrow datasets). AppTest cannot brush a chart, so
 the detail range is driven through its slider (key "detail_range"), which is the state the
 brush callback writes; the real brush is exercised in test_browser.py.
 """
@@ -14,11 +16,9 @@ import re
 from pathlib import Path
 
 import pytest
+from app_helpers import APP, TIMEOUT, lens_result, messages, plain, save_tiny, submit
 from conftest import make_plain_tokenizer, make_tiny_model
 from streamlit.testing.v1 import AppTest
-
-APP = str(Path(__file__).resolve().parents[2] / "app.py")
-TIMEOUT = 120
 
 
 @pytest.fixture
@@ -37,7 +37,7 @@ def charts_of(at: AppTest) -> dict[str, dict]:
         spec = json.loads(element.proto.spec)
         if element.proto.id:  # charts with selections are widgets: their id ends in the key
             key = element.proto.id.rsplit("-", 1)[-1]
-            out[re.sub(r"_\d+$", "", key)] = spec  # app._chart_key: "detail_chart_2"
+            out[re.sub(r"_\d+$", "", key)] = spec  # lenskit.ui.widgets.chart_key: "detail_chart_2"
         elif "vconcat" in spec:
             out["drill_chart"] = spec
     return out
@@ -55,19 +55,6 @@ def colour_title(at: AppTest, key: str = "overview_chart") -> str:
     return cell_layer(charts_of(at)[key])["encoding"]["color"]["title"]
 
 
-def submit(at: AppTest, **fields) -> AppTest:
-    """Fill the sidebar form (by widget key) and press its submit button."""
-    for key, value in fields.items():
-        at.session_state[key] = value
-    at.button[0].click()  # the form's only button
-    at.run()
-    return at
-
-
-def messages(at: AppTest) -> str:
-    return " | ".join(e.value for e in [*at.error, *at.warning])
-
-
 def assert_usable(at: AppTest) -> None:
     """No exception, and the last good result is still on screen."""
     assert not at.exception, at.exception
@@ -78,7 +65,7 @@ def test_first_run_shows_example(app: AppTest) -> None:
     specs = charts_of(app)
     assert set(specs) == {"overview_chart", "detail_chart", "drill_chart"}
     assert not app.error
-    result = app.session_state["lens_result"]
+    result = lens_result(app)
     assert result.prompt == "What is the capital of Australia?"
     assert result.chat and result.template_positions.size > 0
     # default detail range: the end of the question and every template token
@@ -95,12 +82,12 @@ def test_first_run_shows_example(app: AppTest) -> None:
 
 
 def test_submit_new_prompt_updates_charts(app: AppTest) -> None:
-    before = app.session_state["lens_json"]
+    before = lens_result(app)
     submit(app, prompt="The quick brown fox jumps over the lazy dog.", chat=False, target="")
     assert_usable(app)
     assert not app.error
-    result = app.session_state["lens_result"]
-    assert app.session_state["lens_json"] != before
+    result = lens_result(app)
+    assert result is not before
     assert result.prompt == "The quick brown fox jumps over the lazy dog." and not result.chat
     assert result.target is None
     sort = cell_layer(charts_of(app)["overview_chart"])["encoding"]["x"]["scale"]["domain"]
@@ -125,7 +112,7 @@ def test_detail_range_is_capped(app: AppTest) -> None:
     long_prompt = " ".join(["one two three four five six seven eight nine ten"] * 5)
     submit(app, prompt=long_prompt, chat=False, target="")
     assert_usable(app)
-    t = app.session_state["lens_result"].n_positions
+    t = lens_result(app).n_positions
     assert t > 45
     app.slider(key="detail_range").set_value((0, t - 1)).run()
     assert not app.exception
@@ -181,10 +168,10 @@ def test_detail_outlines_the_drilldown_position(app: AppTest, monkeypatch) -> No
 
 
 def test_drilldown_table_rank_and_probabilities(app: AppTest) -> None:
-    """Ranks are 1-based and say so; probabilities keep 3 significant digits (QA: 828 in the
-    table vs 829 in the chart; p(target) 6e-6 shown as 0.000)."""
+    """Ranks are 1-based and say so, as on the chart; probabilities keep 3 significant digits
+    (6e-6 is not 0.000)."""
     pos = app.selectbox(key="drill_pos").value
-    result = app.session_state["lens_result"]
+    result = lens_result(app)
     table = app.dataframe[0].value
     assert "target rank" not in table.columns
     ranks = table["target rank (1 = top)"].tolist()
@@ -206,28 +193,29 @@ def test_drilldown_is_stacked(app: AppTest) -> None:
 
 
 def test_out_of_range_top_k_is_explained(app: AppTest) -> None:
-    """The browser silently refuses values outside a number_input's min/max (QA: 100 in
-    Top-k, and Run logit lens did nothing, with no message). The field has no bounds of its
-    own; the app says what is allowed and keeps the last result."""
+    """The browser silently refuses values outside a number_input's min/max (the button then
+    runs nothing, with no message), so the field has no bounds of its own: the request's
+    message says what is allowed, and the last result stays."""
     widget = app.number_input(key="top_k")
     assert not widget.proto.has_min and not widget.proto.has_max
     assert "1\u201350" in widget.proto.label
-    good = app.session_state["lens_json"]
+    good = lens_result(app)
     for bad in (100, 0, -3):
         submit(app, top_k=bad)
         assert_usable(app)
-        assert "top-k must be between 1 and 50" in messages(app).lower(), messages(app)
-        assert app.session_state["lens_json"] == good
+        # the library's message (lenskit.requests.TOP_K), not an app-side copy
+        assert "top_k must be an integer in 1..50" in plain(messages(app)), messages(app)
+        assert lens_result(app) is good
     submit(app, top_k=7)
     assert_usable(app)
     assert not app.error
-    assert app.session_state["lens_result"].top_k == 7
+    assert lens_result(app).top_k == 7
 
 
 def test_lens_progress_is_visible(tiny_default_model: Path, monkeypatch) -> None:
     """The progress bars of a run sit in an st.status box: it opens expanded and stays so
-    when its label changes, so a long read-out shows its progress (QA: collapsed, only a
-    spinner for ~50 s; then again, because update() without expanded=True collapses it)."""
+    when its label changes (update() without expanded=True collapses it), so a long read-out
+    shows its progress rather than a bare spinner."""
     from streamlit.delta_generator import DeltaGenerator
     from streamlit.elements.lib.mutable_status_container import StatusContainer
 
@@ -256,8 +244,8 @@ def test_lens_progress_is_visible(tiny_default_model: Path, monkeypatch) -> None
 
 
 def test_long_prompt_scrolls(tiny_default_model: Path, monkeypatch) -> None:
-    """A long prompt is shown in a fixed-height box (QA: a 3000-word prompt pushed the
-    charts ~2500 px down the page); a short one at its own height."""
+    """A long prompt is shown in a fixed-height box, so that it does not push the charts
+    down the page; a short one at its own height."""
     import streamlit as st
 
     shown: dict[str, object] = {}
@@ -270,13 +258,13 @@ def test_long_prompt_scrolls(tiny_default_model: Path, monkeypatch) -> None:
     monkeypatch.setattr(st, "code", code)
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
     at.run()
-    assert shown[at.session_state["lens_result"].prompt] == "content"
+    assert shown[lens_result(at).prompt] == "content"
     long_prompt = "\n".join(["one", "two", "three", "four", "five", "six", "seven"])
     at.session_state["prompt"] = long_prompt
     at.sidebar.button[0].click()
     at.run()
     assert not at.exception and not at.error, at.error
-    assert at.session_state["lens_result"].prompt == long_prompt
+    assert lens_result(at).prompt == long_prompt
     assert isinstance(shown[long_prompt], int) and 60 <= shown[long_prompt] <= 300
 
 
@@ -293,33 +281,44 @@ def test_device_from_environment(tiny_default_model: Path, monkeypatch) -> None:
     assert not at.exception, at.exception
     assert "Unsupported device" in messages(at) and "meta" in messages(at)
     assert _device_caption(at).startswith("Device: meta")
-    assert "lens_result" not in at.session_state
+    assert lens_result(at) is None
     monkeypatch.setenv("LENSKIT_DEVICE", "cpu")
     submit(at)
     assert not at.error, messages(at)
     assert _device_caption(at).startswith("Device: cpu")
+    assert "the model runs on cpu" in _device_caption(at)
     assert_usable(at)
 
 
 def test_device_defaults_to_a_gpu(tiny_default_model: Path, monkeypatch) -> None:
-    """Without LENSKIT_DEVICE the app takes the GPU when torch sees one (here: pretend)."""
+    """Without LENSKIT_DEVICE the app asks for the library's "auto" (CUDA, then MPS, then the
+    CPU) and says where the model runs; when torch sees a GPU (here: pretend) the model goes
+    there (here the move fails, and the library's message names the GPU)."""
     import torch
 
     monkeypatch.delenv("LENSKIT_DEVICE")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
     at.run()
-    assert _device_caption(at).startswith("Device: cpu")
+    assert not at.exception and not at.error, messages(at)
+    assert _device_caption(at).startswith("Device: auto")
+    assert "the model runs on cpu" in _device_caption(at)
+    import streamlit as st
+
+    st.cache_resource.clear()  # the CPU model above would be reused
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
     at.run()
     assert not at.exception, at.exception
-    assert _device_caption(at).startswith("Device: cuda")
+    assert _device_caption(at).startswith("Device: auto")
+    assert "cuda" in messages(at).lower(), messages(at)
 
 
 def test_example_picker(app: AppTest) -> None:
     app.selectbox(key="example").set_value("Counting (raw text)").run()
     assert_usable(app)
-    result = app.session_state["lens_result"]
+    result = lens_result(app)
     assert result.prompt.startswith("one, two, three") and not result.chat
     assert result.target == " six"
 
@@ -330,19 +329,19 @@ def test_example_picker(app: AppTest) -> None:
         ({"prompt": ""}, "empty"),
         ({"prompt": "   \n\t "}, "empty"),
         ({"prompt": "word " * 400}, "context"),
-        ({"model_choice": "other", "model_path": "/no/such/model/dir"}, "could not load"),
-        ({"model_choice": "other", "model_path": ""}, "no hub id"),
+        ({"model_choice": "other", "model_path": "/no/such/model/dir"}, "no such file"),
+        ({"model_choice": "other", "model_path": ""}, "no model given"),
         ({"target": " Canberra Sydney Melbourne Perth"}, "token"),
     ],
     ids=["empty", "whitespace", "too-long", "bad-model", "no-model-path", "multi-token-target"],
 )
 def test_bad_input_keeps_last_result(app: AppTest, fields: dict, expected: str) -> None:
-    good = app.session_state["lens_json"]
+    good = lens_result(app)
     submit(app, **fields)
     assert_usable(app)
-    text = messages(app).lower().replace("\\", "")
+    text = plain(messages(app)).lower()
     assert expected in text, text
-    assert app.session_state["lens_json"] == good
+    assert lens_result(app) is good
     assert any("last good result" in c.value for c in app.caption)
     # and a good run afterwards recovers
     submit(
@@ -353,7 +352,7 @@ def test_bad_input_keeps_last_result(app: AppTest, fields: dict, expected: str) 
     )
     assert_usable(app)
     assert not app.error
-    assert app.session_state["lens_result"].prompt == "What is the capital of France?"
+    assert lens_result(app).prompt == "What is the capital of France?"
 
 
 def test_model_without_chat_template(app: AppTest, tmp_path: Path) -> None:
@@ -361,27 +360,32 @@ def test_model_without_chat_template(app: AppTest, tmp_path: Path) -> None:
     model = make_tiny_model("llama", len(tok))
     model.save_pretrained(tmp_path / "plain")
     tok.save_pretrained(tmp_path / "plain")
-    good = app.session_state["lens_json"]
+    good = lens_result(app)
     submit(app, model_choice="other", model_path=str(tmp_path / "plain"), chat=True)
     assert_usable(app)
     assert "chat template" in messages(app).lower()
-    assert app.session_state["lens_json"] == good
+    assert lens_result(app) is good
     # the same model with a raw prompt works
     submit(app, chat=False, target="")
     assert_usable(app)
     assert not app.error
-    assert str(tmp_path / "plain") in app.session_state["lens_result"].model_name
+    assert str(tmp_path / "plain") in lens_result(app).model_name
 
 
-def test_system_prompt_without_chat_is_ignored_with_warning(app: AppTest) -> None:
+def test_system_prompt_without_chat_is_an_error(app: AppTest) -> None:
+    """A system prompt needs the chat template: the library refuses it on a raw prompt and
+    the app shows that message (it used to drop the system prompt with its own warning)."""
+    good = lens_result(app)
     submit(app, chat=False, system="Be terse.", target="")
     assert_usable(app)
-    assert any("system prompt" in w.value.lower() for w in app.warning)
-    assert not app.session_state["lens_result"].chat
-    # QA: a warning alone said "Showing the last good result." under the new result.
-    assert not any("last good result" in c.value for c in app.caption)
-    submit(app, prompt="")
+    assert "system prompt" in plain(messages(app)).lower()
+    assert lens_result(app) is good
     assert any("last good result" in c.value for c in app.caption)
+    # with the chat template it runs, and a warning-free run shows no "last good result"
+    submit(app, chat=True)
+    assert_usable(app)
+    assert not app.error and lens_result(app).system == "Be terse."
+    assert not any("last good result" in c.value for c in app.caption)
 
 
 def chart_keys(at: AppTest) -> set[str]:
@@ -390,20 +394,20 @@ def chart_keys(at: AppTest) -> set[str]:
 
 def test_same_tokens_keep_range_and_drilldown(app: AppTest) -> None:
     """Another target or top-k on the same tokens keeps the detail range, the drill-down and
-    the charts' selections (QA: they reset, so two targets could not be compared at one
-    position); another prompt resets them."""
+    the charts' selections, so two targets compare at one position; another prompt resets
+    them."""
     app.slider(key="detail_range").set_value((2, 6)).run()
     app.selectbox(key="drill_pos").set_value(4).run()
     keys = chart_keys(app)
     submit(app, target=" capital", top_k=4)
     assert_usable(app)
     assert not app.error
-    assert app.session_state["lens_result"].target == " capital"
+    assert lens_result(app).target == " capital"
     assert app.session_state["detail_range"] == (2, 6) and app.session_state["drill_pos"] == 4
     assert detail_positions(app) == [2, 3, 4, 5, 6]
     assert chart_keys(app) == keys
     submit(app, prompt="The quick brown fox jumps over the lazy dog.", chat=False, target="")
-    t = app.session_state["lens_result"].n_positions
+    t = lens_result(app).n_positions
     assert app.session_state["drill_pos"] == t - 1
     assert chart_keys(app).isdisjoint(keys - {"drill_chart"})  # selections of old tokens gone
 
@@ -411,7 +415,7 @@ def test_same_tokens_keep_range_and_drilldown(app: AppTest) -> None:
 def test_moving_a_widget_clears_the_chart_selection(app: AppTest) -> None:
     """A chart's on_select fires only when its selection changes: after the Position box (or
     the slider) moved away from the clicked (brushed) cell, clicking it again must count, so
-    the chart is remounted with no selection (QA: the second click did nothing)."""
+    the chart is remounted with no selection."""
     keys = chart_keys(app)
     assert {"overview_chart", "detail_chart"} <= keys
     app.selectbox(key="drill_pos").set_value(2).run()
@@ -424,20 +428,20 @@ def test_moving_a_widget_clears_the_chart_selection(app: AppTest) -> None:
 
 
 def test_same_example_twice(app: AppTest) -> None:
-    """Picking the example that was picked last time runs it again (QA: nothing happened)."""
+    """Picking the example that was picked last time runs it again."""
     app.selectbox(key="example").set_value("Counting (raw text)").run()
     submit(app, prompt="The quick brown fox", target="")
-    assert app.session_state["lens_result"].prompt == "The quick brown fox"
+    assert lens_result(app).prompt == "The quick brown fox"
     app.selectbox(key="example").set_value("Counting (raw text)").run()
     assert_usable(app)
-    assert app.session_state["lens_result"].prompt.startswith("one, two, three")
+    assert lens_result(app).prompt.startswith("one, two, three")
 
 
 def test_space_is_a_target(app: AppTest) -> None:
     """ " " is a token: only an empty field means no target."""
     submit(app, prompt="one two three", chat=False, target=" ")
     assert_usable(app)
-    assert app.session_state["lens_result"].target == " "
+    assert lens_result(app).target == " "
 
 
 def test_user_text_is_never_rendered(app: AppTest) -> None:
@@ -462,6 +466,75 @@ def test_two_sessions_are_independent(tiny_default_model: Path) -> None:
     b.run()
     submit(a, prompt="What is the capital of Japan?", target="")
     b.run()
-    assert a.session_state["lens_result"].prompt == "What is the capital of Japan?"
-    assert b.session_state["lens_result"].prompt == "What is the capital of Australia?"
+    assert lens_result(a).prompt == "What is the capital of Japan?"
+    assert lens_result(b).prompt == "What is the capital of Australia?"
     assert not a.exception and not b.exception
+
+
+# --- display ---------------------------------------------------------------------------------
+
+
+def test_drilldown_table_shows_every_row_in_fitting_columns(app: AppTest, monkeypatch) -> None:
+    """The drill-down table is as tall as its rows (no inner scroll that hid all but 9 rows)
+    and every column has a fixed narrow width (the top-5 tokens and p1..p5 fit a 1600 px
+    window; the browser test measures it)."""
+    import streamlit as st
+
+    from lenskit.ui.pages.lens import TABLE_PX
+
+    shown: list[dict] = []
+    original = st.dataframe
+
+    def dataframe(data, *args, **kwargs):
+        shown.append({"rows": len(data), **kwargs})
+        return original(data, *args, **kwargs)
+
+    monkeypatch.setattr(st, "dataframe", dataframe)
+    app.run()
+    (call,) = shown
+    assert call["height"] == "content" and call["rows"] == lens_result(app).n_rows
+    columns = json.loads(app.dataframe[0].proto.columns)
+    widths = [c.get("width") for name, c in columns.items() if name != "_index"]
+    assert all(isinstance(w, int) for w in widths), columns
+    # top-5 table: layer, 5 tokens, 5 probabilities, p(target), rank, entropy, KL
+    assert len(widths) == 15
+    assert sum(widths) == TABLE_PX <= 1100
+
+
+def test_system_prompt_is_shown_with_the_result(app: AppTest) -> None:
+    system = "Answer in <b>one</b> **word**."
+    submit(app, system=system, target="")
+    assert_usable(app)
+    assert not app.error, messages(app)
+    assert lens_result(app).system == system
+    assert any(c.value == system for c in app.code)  # verbatim, as text
+    assert any(c.value == "System prompt:" for c in app.caption)
+    for element in [*app.markdown, *app.caption]:
+        assert "<b>one</b>" not in element.value and "**word**" not in element.value
+
+
+def test_caption_of_a_two_block_model(app: AppTest, tmp_path: Path) -> None:
+    """A 2-block model has one inner read-out row: "block 1", not "blocks 1-1"."""
+    two = save_tiny(tmp_path / "two", n_blocks=2)
+    submit(app, model_choice="other", model_path=str(two), target="")
+    assert_usable(app)
+    caption = next(c.value for c in app.caption if c.value.startswith("Model:"))
+    assert "(emb, block 1, out)" in caption and "1\u20131" not in caption, caption
+    assert lens_result(app).n_rows == 3
+
+
+def test_errors_are_the_librarys_messages(app: AppTest) -> None:
+    """The message shown is the library's exception message itself (escaped for markdown)."""
+    from lenskit import LensRequest
+    from lenskit.errors import InputError
+
+    with pytest.raises(InputError) as refused:
+        LensRequest("x", top_k=51)
+    submit(app, top_k=51)
+    assert [plain(e.value) for e in app.error] == [str(refused.value)]
+    submit(app, top_k=5, model_choice="other", model_path="/no/such/model/dir")
+    from lenskit import ModelLoadError, load_model
+
+    with pytest.raises(ModelLoadError) as failed:
+        load_model("/no/such/model/dir")
+    assert [plain(e.value) for e in app.error] == [str(failed.value)]

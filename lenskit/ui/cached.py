@@ -1,0 +1,119 @@
+"""What the app caches: one model pool for the process, and results by request.
+
+* :func:`model_pool` (``st.cache_resource``): one :class:`~lenskit.model.ModelPool` shared by
+  every browser session, so two sessions on two models keep both loaded (within the pool's
+  count and memory budget) instead of reloading on every run.
+* :func:`lens_result`, :func:`sweep_report`, :func:`pairwise_kl` (``st.cache_data``): the
+  results of :func:`lenskit.run`, keyed by the request and the :class:`~lenskit.ui.state.ModelRef`
+  (spec, device, what "default" means). Results are numpy-only dataclasses: cached as objects,
+  and every session gets its own copy.
+
+The progress bars of the cached functions are made inside them: Streamlit replays the
+elements a cached function made when it answers from the cache, so a bar made outside and
+updated inside could not be replayed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import streamlit as st
+
+import lenskit
+from lenskit.model import ModelPool, default_device, model_device
+from lenskit.progress import Progress
+from lenskit.requests import LensRequest, PairwiseRequest, SweepRequest
+from lenskit.results import LensResult, PairwiseKL, SweepReport
+from lenskit.ui.state import ModelRef
+from lenskit.ui.text import md_escape
+
+__all__ = [
+    "bar_progress",
+    "lens_result",
+    "load",
+    "model_pool",
+    "model_ref",
+    "pairwise_kl",
+    "sweep_report",
+]
+
+#: The environment variable that says what "default" loads (read by lenskit.load_model).
+DEFAULT_MODEL_ENV = "LENSKIT_DEFAULT_MODEL"
+
+
+def model_ref(spec: str) -> ModelRef:
+    """``spec`` on the app's device (:func:`lenskit.model.default_device`), with what
+    "default" means right now (so that the caches never mix two models)."""
+    return ModelRef(spec, default_device(), os.environ.get(DEFAULT_MODEL_ENV, "").strip())
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def model_pool(default: str = "") -> ModelPool:
+    """The process's model pool (one per meaning of "default", which only tests change)."""
+    return ModelPool()
+
+
+def _clamp01(x: float) -> float:
+    return min(max(float(x), 0.0), 1.0)
+
+
+def bar_progress(bar: Any) -> Progress:
+    """A ``progress(fraction, message)`` callback that moves the Streamlit progress bar."""
+    return lambda f, m: bar.progress(_clamp01(f), text=md_escape(str(m)))
+
+
+@contextmanager
+def _progress_bar(text: str) -> Iterator[Progress]:
+    """A progress bar while the block runs, removed afterwards."""
+    bar = st.progress(0.0, text=text)
+    try:
+        yield bar_progress(bar)
+    finally:
+        bar.empty()
+
+
+def load(ref: ModelRef, progress: Progress | None = None) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` from the pool, loading them on first use; returns at once when
+    the model is loaded already. Raises :class:`~lenskit.errors.ModelLoadError`."""
+    return model_pool(ref.default).get(ref.spec, ref.device, progress=progress)
+
+
+def device_of(model: Any) -> str:
+    """Where ``model`` lives ("cpu", "cuda:0", "mps:0")."""
+    return str(model_device(model))
+
+
+def _run(ref: ModelRef, request: Any, text: str) -> Any:
+    model, tokenizer = load(ref)
+    with _progress_bar(text) as progress:
+        return lenskit.run(model, tokenizer, request, progress=progress)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def lens_result(ref: ModelRef, request: LensRequest) -> LensResult:
+    """The logit lens of ``request`` on ``ref``'s model."""
+    return _run(ref, request, "Reading out every layer\u2026")
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def sweep_report(ref: ModelRef, request: SweepRequest) -> SweepReport:
+    """The sweep of ``request`` (and the lens over its generation) on ``ref``'s model."""
+    text = "Generating, then sweeping the blocks\u2026"
+    return _run(ref, request, text)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def pairwise_kl(ref: ModelRef, request: PairwiseRequest) -> PairwiseKL:
+    """KL between every pair of read-out rows at one position."""
+    model, tokenizer = load(ref)
+    return lenskit.run(model, tokenizer, request)
+
+
+#: The cached computation of each kind of run.
+COMPUTE: dict[str, Callable[[ModelRef, Any], Any]] = {
+    "lens": lens_result,
+    "sweep": sweep_report,
+}

@@ -1,0 +1,162 @@
+"""The app's session state, typed: widget keys in :class:`Keys`, everything else in :class:`AppState`.
+
+Streamlit keeps a widget's value in ``st.session_state`` under the widget's key, so the form
+fields, selectors and sliders live there, under the names listed once in :class:`Keys`. What the
+app itself remembers between reruns (the last good results and what they were computed for,
+the messages of the last run, the run in progress, chart remount counters) lives in one
+:class:`AppState` object per browser session, read with :func:`app_state`. Nothing here is
+shared between sessions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import streamlit as st
+
+from lenskit.requests import LensRequest, SweepRequest
+from lenskit.results import LensResult, SweepReport
+
+__all__ = [
+    "STATE_KEY",
+    "AppState",
+    "Job",
+    "Keys",
+    "LensState",
+    "Message",
+    "ModelRef",
+    "SweepState",
+    "app_state",
+]
+
+#: The ``st.session_state`` key of the session's :class:`AppState`.
+STATE_KEY = "lenskit_app"
+
+Level = Literal["error", "warning", "info"]
+Kind = Literal["lens", "sweep"]
+
+
+class Keys:
+    """Widget keys (``st.session_state[Keys.PROMPT]`` is the prompt field's text)."""
+
+    # Sidebar (the logit-lens form)
+    EXAMPLE = "example"
+    MODEL_CHOICE = "model_choice"
+    MODEL_PATH = "model_path"
+    PROMPT = "prompt"
+    CHAT = "chat"
+    SYSTEM = "system"
+    TOP_K = "top_k"
+    TARGET = "target"
+    LENS_SUBMIT = "lens_submit"
+    # Logit-lens page
+    METRIC = "metric"
+    DETAIL_RANGE = "detail_range"
+    DRILL_POS = "drill_pos"
+    # Generation & interventions page
+    SWEEP_LAYERS = "sweep_layers"
+    SWEEP_MAX_NEW = "sweep_max_new"
+    SWEEP_SEED = "sweep_seed"
+    SWEEP_INTERVENTION = "sweep_intervention"
+    SWEEP_POS_MODE = "sweep_pos_mode"
+    SWEEP_POSITIONS = "sweep_positions"
+    SWEEP_SUBMIT = "sweep_submit"
+    SWEEP_SCALE = "sweep_scale"
+    GEN_METRIC = "gen_metric"
+    PAIR_POS = "pair_pos"
+
+
+@dataclass(frozen=True)
+class Message:
+    """A message for the user; ``text`` is markdown-safe (user text escaped)."""
+
+    level: Level
+    text: str
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Which model a computation runs on: part of every cache key.
+
+    Attributes:
+        spec: what the user chose ("default", a hub id, a directory or a .gguf file).
+        device: the device it is loaded on (:func:`lenskit.model.default_device`).
+        default: what "default" means right now (``$LENSKIT_DEFAULT_MODEL``, "" for the
+            embedded model).
+    """
+
+    spec: str
+    device: str
+    default: str = ""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run: a request on a model. Kept as the pending run while it runs, and with its
+    result as what that result was computed for."""
+
+    kind: Kind
+    model: ModelRef
+    request: LensRequest | SweepRequest
+
+
+@dataclass
+class LensState:
+    """The last good logit-lens run and the messages of the latest attempt."""
+
+    job: Job | None = None
+    result: LensResult | None = None
+    messages: list[Message] = field(default_factory=list)
+
+
+@dataclass
+class SweepState:
+    """The last good sweep and the messages of the latest attempt.
+
+    ``n_blocks`` and ``prompt_ids`` are the model and prompt the sweep form's inputs were last
+    fitted to (a new model resets the layers, a new prompt the picked positions).
+    """
+
+    job: Job | None = None
+    report: SweepReport | None = None
+    messages: list[Message] = field(default_factory=list)
+    n_blocks: int | None = None
+    prompt_ids: tuple[int, ...] | None = None
+
+
+@dataclass
+class AppState:
+    """Everything one browser session remembers besides its widgets' values.
+
+    Attributes:
+        lens: the logit-lens run (shown on both pages).
+        sweep: the intervention sweep.
+        pending: the runs started and not yet finished, by kind. A run is recorded here before
+            it starts and removed when it ends (with a result or a message); a record left at
+            the start of a script run means that run was interrupted.
+        rerun: a kind whose pending run the user asked to run again.
+        run_requested: run the sidebar's form on this script run (an example was picked).
+        started: the first script run is done (it runs the example prompt).
+        model_device: where the last loaded model lives (e.g. "cpu"), for the sidebar.
+        chart_generation: remount counters of the charts with selections (see
+            :func:`lenskit.ui.widgets.chart_key`).
+    """
+
+    lens: LensState = field(default_factory=LensState)
+    sweep: SweepState = field(default_factory=SweepState)
+    pending: dict[str, Job] = field(default_factory=dict)
+    rerun: Kind | None = None
+    run_requested: bool = False
+    started: bool = False
+    model_device: str | None = None
+    chart_generation: dict[str, int] = field(default_factory=dict)
+
+
+def app_state() -> AppState:
+    """This session's :class:`AppState` (made on first use)."""
+    state = st.session_state.get(STATE_KEY)
+    if not isinstance(state, AppState):
+        state = AppState()
+        st.session_state[STATE_KEY] = state
+    return state
