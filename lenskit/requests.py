@@ -31,6 +31,7 @@ __all__ = [
     "CHUNK_SIZE",
     "DATASET_BATCH_SIZE",
     "DATASET_NEW_TOKENS",
+    "DATASET_SEED",
     "DATASET_TOP_K",
     "USER_TOKENS",
     "DatasetRequest",
@@ -116,6 +117,10 @@ USER_TOKENS = IntOption(
 DATASET_TOP_K = replace(TOP_K, default=10)
 DATASET_NEW_TOKENS = replace(
     MAX_NEW_TOKENS, default=24, help="greedy reply tokens per prompt (stops at end of turn)"
+)
+DATASET_SEED = replace(
+    SEED,
+    help="seed of the control tokens' derangement (which prompt's answer is another's control)",
 )
 DATASET_BATCH_SIZE = IntOption(
     "batch_size", "Batch size", 1, 256, 8, "prompts per forward pass and per generation"
@@ -311,7 +316,7 @@ class DatasetRequest:
         top_k: :data:`DATASET_TOP_K`, top tokens kept per cell.
         sweep: also run the causal check (skip at the template positions, every block).
         batch_size: :data:`DATASET_BATCH_SIZE`.
-        seed: :data:`SEED`, the control tokens' derangement.
+        seed: :data:`DATASET_SEED`, the control tokens' derangement.
         lens: a lens name or a :class:`~lenskit.lens.lenses.Lens`.
     """
 
@@ -320,7 +325,7 @@ class DatasetRequest:
     top_k: int = DATASET_TOP_K.default
     sweep: bool = False
     batch_size: int = DATASET_BATCH_SIZE.default
-    seed: int = SEED.default
+    seed: int = DATASET_SEED.default
     lens: Any = "logit"
 
     def __post_init__(self) -> None:
@@ -330,7 +335,7 @@ class DatasetRequest:
         if not isinstance(self.sweep, (bool, np.bool_)):
             raise InputError(f"sweep must be True or False, got {self.sweep!r}")
         DATASET_BATCH_SIZE.check(self.batch_size)
-        SEED.check(self.seed)
+        DATASET_SEED.check(self.seed)
         from lenskit.lens.lenses import check_lens
 
         check_lens(self.lens)

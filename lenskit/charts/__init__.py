@@ -10,9 +10,20 @@ are pandas DataFrames (Streamlit ships them as Arrow).
 * :mod:`~lenskit.charts.drilldown`: one position across the rows (table and line chart).
 * :mod:`~lenskit.charts.sweep`: intervention sweep, lens on the generated tokens, layer x
   layer KL.
+* :mod:`~lenskit.charts.dataset`: a dataset run's statistics (per category too) and its
+  causal check (KL, answer flips, read vs cause).
 * :mod:`~lenskit.charts.export`: the spec with its data inlined; PNG, SVG, HTML offline.
 """
 
+from lenskit.charts.dataset import (
+    STAT_TITLES,
+    dataset_category_heatmaps,
+    dataset_flip_chart,
+    dataset_heatmap,
+    dataset_sweep_heatmap,
+    read_vs_cause_chart,
+    stat_scale,
+)
 from lenskit.charts.drilldown import position_drilldown_chart, position_table
 from lenskit.charts.export import chart_bytes, chart_spec, iter_layers, save_chart
 from lenskit.charts.lens import default_detail_range, lens_heatmap, selected_positions
@@ -81,6 +92,7 @@ __all__ = [
     "RANK_CONVENTION",
     "SWEEP_KL_MAX",
     "SWEEP_LOG_DOMAIN",
+    "STAT_TITLES",
     "SWEEP_SCHEME",
     "TEMPLATE_COLOR",
     "TOOLTIP_TOP_K",
@@ -88,6 +100,10 @@ __all__ = [
     "chart_bytes",
     "chart_spec",
     "compact_ranges",
+    "dataset_category_heatmaps",
+    "dataset_flip_chart",
+    "dataset_heatmap",
+    "dataset_sweep_heatmap",
     "default_detail_range",
     "describe_range",
     "display_rank",
@@ -105,8 +121,10 @@ __all__ = [
     "metric_values",
     "position_drilldown_chart",
     "position_table",
+    "read_vs_cause_chart",
     "register_metric",
     "save_chart",
     "selected_positions",
+    "stat_scale",
     "sweep_heatmap",
 ]

@@ -1,9 +1,10 @@
 """One process or many: ``torchrun --nproc_per_node=N -m lenskit dataset ...``.
 
 Under torchrun (``WORLD_SIZE`` > 1 in the environment) the process group is started here:
-gloo on CPUs, NCCL on GPUs, each rank on ``cuda:LOCAL_RANK`` when there are GPUs. Rank r takes
-the prompts whose index is r modulo the world size; the sufficient statistics are summed over
-ranks with an all-reduce and rank 0 writes the summary.
+gloo on CPUs, NCCL on GPUs, each rank on ``cuda:LOCAL_RANK`` when there are GPUs. Rank r
+takes the batches whose index is r modulo the world size (a batch is cut from the whole set,
+so its prompts and their padding do not depend on the number of processes); the sufficient
+statistics are summed over ranks with an all-reduce and rank 0 writes the summary.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ class Ranks:
         return self.world > 1
 
     def owns(self, index: int) -> bool:
-        """Whether prompt (or part) ``index`` is this rank's."""
+        """Whether batch (or part) ``index`` is this rank's."""
         return index % self.world == self.rank
 
     def barrier(self) -> None:
@@ -54,6 +55,11 @@ class Ranks:
         box = [message]
         torch.distributed.broadcast_object_list(box, src=0)
         return box[0]
+
+    def close(self) -> None:
+        """End the process group this module started (the last call of a torchrun process)."""
+        if self.active and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
     def device(self, requested: str | None) -> str | None:
         """The device of this rank: ``cuda:LOCAL_RANK`` on GPU machines under torchrun."""

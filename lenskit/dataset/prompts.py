@@ -50,7 +50,7 @@ BUNDLED = "bundled"
 FORMATS = (".jsonl", ".csv", ".txt")
 _FIELDS = ("prompt", "system", "answer", "category")
 _SHOWN_CHARS = 80  # how much of a skipped line SkippedLine.text keeps
-_HINT = " (or pass skip_invalid=True to skip bad lines)"
+_HINT = " (or skip bad lines: skip_invalid=True, --skip-invalid on the command line)"
 
 
 @dataclass(frozen=True)

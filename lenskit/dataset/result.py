@@ -58,6 +58,12 @@ class DatasetResult:
     def categories(self) -> list[str]:
         return self.stats.groups[1:]
 
+    @property
+    def vocab_size(self) -> int | None:
+        """V of the model the run read out (entropy is at most ln V), when recorded."""
+        value = self.state.get("vocab_size")
+        return None if value is None else int(value)
+
     # --------------------------------------------------------------------------- summaries
 
     def summary(self, stat: str, k: int = 1, category: str | None = None) -> pd.DataFrame:

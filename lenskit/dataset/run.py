@@ -117,22 +117,37 @@ def dataset_result(
         "prompts": {"source": prompts.source, "sha256": prompts.sha256, "n": len(prompts)},
         "options": request.options(),
         "model": model_name(model),
+        "vocab_size": plan.engine.vocab_size,
     }
     _prepare(directory, state, overwrite, ranks)
-    done = directory.done_prompts()
-    todo = [i for i in range(len(prompts)) if ranks.owns(i) and i not in done]
+    batches = _my_batches(len(prompts), request.batch_size, directory.done_prompts(), ranks)
+    n_todo, n_done = sum(len(b) for b in batches), 0
     report, close = progress_reporter(progress, "Dataset")
     try:
-        for start in range(0, len(todo), request.batch_size):
-            batch = todo[start : start + request.batch_size]
+        for batch in batches:
             directory.write_part(batch[0], run_batch(plan, batch))
-            report((start + len(batch)) / len(todo), f"{start + len(batch)}/{len(todo)} prompts")
+            n_done += len(batch)
+            report(n_done / n_todo, f"{n_done}/{n_todo} prompts")
     finally:
         if close is not None:
             close()
     ranks.barrier()
     _summarise(directory, plan, prompts, state, ranks)
     return DatasetResult.load(directory.path, temporary=temporary)
+
+
+def _my_batches(n: int, size: int, done: set[int], ranks: Ranks) -> list[list[int]]:
+    """This rank's batches of the prompts not done yet. Batches are cut from the whole set
+    (prompts ``b * size .. (b + 1) * size - 1``) and dealt to the ranks in turn, so a prompt
+    is batched with the same partners whatever the number of processes: padding, and so the
+    float rounding, does not depend on it."""
+    batches = []
+    for b, start in enumerate(range(0, n, size)):
+        if ranks.owns(b):
+            todo = [i for i in range(start, min(n, start + size)) if i not in done]
+            if todo:
+                batches.append(todo)
+    return batches
 
 
 def _prepare(directory: RunDirectory, state: dict[str, Any], overwrite: bool, ranks: Ranks) -> None:

@@ -233,7 +233,8 @@ def encode_prompt(
         raise PromptError("The prompt is empty (or only whitespace): type some text.")
     if system is not None and not chat:
         raise PromptError(
-            "A system prompt needs the chat template (chat=True); drop --raw or --system."
+            "A system prompt needs the chat template (chat=True): use the chat template, or "
+            "leave the system prompt out."
         )
     specials = special_token_ids(tokenizer)
 
