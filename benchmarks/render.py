@@ -41,6 +41,7 @@ SECTIONS = (
     ("bench_kernels", "Kernels (`benchmarks/bench_kernels.py`)", ""),
     ("bench_lens", "Lens read-out (`benchmarks/bench_lens.py`)", ""),
     ("bench_sweep", "Intervention sweep (`benchmarks/bench_sweep.py`)", ""),
+    ("bench_dataset", "Dataset mode (`benchmarks/bench_dataset.py`)", ""),
     ("bench_gpu", "GPU", ""),
     ("cuda_static", "CUDA kernels, static (`benchmarks/cuda_static.py`)", CUDA_STATIC_INTRO),
 )
@@ -334,6 +335,173 @@ def sweep(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _dataset_speed(data: dict[str, Any]) -> list[str]:
+    """Part 1: the loop by hand against run_dataset, per case and per round."""
+    st, speed = data["settings"], data["speed"]
+    n, cats = data["subset"]["n"], data["subset"]["categories"]
+    spread = ", ".join(f"{c} {k}" for c, k in cats.items())
+    lines = [
+        f"Default model, {n} prompts of the bundled set ({spread}), replies of up to "
+        f"{st['max_new_tokens']} tokens, top-{st['top_k']}, {st['threads']} torch threads, one "
+        f"process. Loop = what a user writes by hand: per prompt `greedy_generate` + "
+        f"`run_lens(top_k={st['top_k']}, target=answer)` (+ `intervention_sweep(max_new_tokens="
+        f'{st["max_new_tokens"]}, positions="template", intervention="skip")` with the '
+        f"causal check); run_dataset = `run_dataset(batch_size={st['batch_size']})` (+ "
+        f"`sweep=True`). {_rounds(st['rounds'])}, the two taking turns (the order alternates "
+        "round by round); figures are medians over the rounds, wall clock.",
+        "",
+        "| case | loop (s) | run_dataset (s) | loop prompts/s | run_dataset prompts/s | "
+        "speed-up | replies equal |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    names = {"lens": "lens", "sweep": "lens + causal check"}
+    for case, c in speed.items():
+        wall, pps = c["median_wall_s"], c["prompts_per_s"]
+        lo, hi = c["speedup_range"]
+        ratio = f"{c['median_speedup']:.1f}x" + ("" if lo == hi else f" ({lo:.1f}-{hi:.1f})")
+        lines.append(
+            f"| {names[case]} | {wall['loop']:.1f} | {wall['batched']:.1f} | "
+            f"{pps['loop']:.2f} | {pps['batched']:.2f} | {ratio} | {c['replies_equal']} of {n} |"
+        )
+    lines += [
+        "",
+        "Every round (wall / CPU seconds):",
+        "",
+        "| case | round | order | loop | run_dataset | speed-up |",
+        "|---|---:|---|---:|---:|---:|",
+    ]
+    for case, c in speed.items():
+        for i, r in enumerate(c["rounds"], 1):
+            loop, bat = r["loop"], r["batched"]
+            lines.append(
+                f"| {names[case]} | {i} | {r['order']} | {loop['wall_s']:.1f} / "
+                f"{loop['cpu_s']:.1f} | {bat['wall_s']:.1f} / {bat['cpu_s']:.1f} | "
+                f"{r['speedup']:.1f}x |"
+            )
+    return lines
+
+
+def _dataset_rss(rss: dict[str, Any] | None) -> list[str]:
+    """Part 2: peak RSS at two sizes, each in a fresh process."""
+    if rss is None:
+        return ["Peak memory: not measured in this run (`--skip-rss`)."]
+    lines = [
+        f"Peak memory of `run_dataset` (replies of up to {rss['max_new_tokens']} tokens), each "
+        "size in a fresh process that loads the model and then runs only `run_dataset`; beyond "
+        "the bundled 321 the set is cycled with ` [c]` appended to the prompt (cycle c). Run "
+        "peak = VmHWM reset after the load (the model's memory included, the load's transient "
+        "peak not); extra = run peak - RSS after the load; process peak = the child's "
+        "ru_maxrss (load included).",
+        "",
+        "| prompts | wall (s) | prompts/s | RSS after load (MiB) | run peak (MiB) | extra (MiB) "
+        "| process peak (MiB) |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rss["runs"]:
+        lines.append(
+            f"| {r['prompts']} | {r['wall_s']:.1f} | {r['prompts_per_s']:.2f} | "
+            f"{r['load_rss_mib']:.0f} | {r['run_peak_mib']:.0f} | {r['extra_mib']:.0f} | "
+            f"{r['process_peak_mib']:.0f} |"
+        )
+    return lines
+
+
+def _dataset_processes(tr: dict[str, Any] | None, cores: int) -> list[str]:
+    """Part 3: the CLI in one process against torchrun."""
+    if tr is None:
+        return ["Processes: not measured in this run (`--skip-torchrun`)."]
+    if "error" in tr:
+        return [f"Processes: not measured, {tr['error']}"]
+    lines = [
+        f"The CLI, `python -m lenskit dataset FILE -o DIR -q` on the same {tr['prompts']} "
+        "prompts, one process against `torchrun --standalone --nproc_per_node=N` (threads per "
+        "process via OMP_NUM_THREADS). Wall = the whole command (start-up, model load, chart "
+        "files); run = `state.json` to `summary.json`.",
+        "",
+        "| processes | threads each | wall (s) | run (s) | prompts/s (wall) | prompts/s (run) |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in tr["runs"]:
+        lines.append(
+            f"| {r['processes']} | {r['threads_each']} | {r['wall_s']:.1f} | {r['run_s']:.1f} "
+            f"| {r['prompts_per_s']:.2f} | {r['run_prompts_per_s']:.2f} |"
+        )
+    s = tr["summaries"]
+    diffs = ", ".join(f"{k} {v:.1e}" for k, v in s["max_abs_diff"].items())
+    lines += [
+        "",
+        f"{tr['runs'][1]['processes']} processes against 1 on {cores} cores: "
+        f"{tr['speedup_wall']:.2f}x (wall), "
+        f"{tr['speedup_run']:.2f}x (run). The two summaries "
+        f"{'agree' if s['agree'] else 'DIFFER'}: counts "
+        f"{'equal' if s['counts_equal'] else 'DIFFERENT'}, largest differences {diffs}.",
+    ]
+    return lines
+
+
+def _cell(c: dict[str, Any] | None, signed: bool) -> str:
+    if c is None:
+        return "| - | - | - | - |"
+    sign = "+" if signed else ""
+    label = c["label"].replace("|", "\\|")  # <|im_start|> in a table cell
+    return (
+        f"| {c['row']} | {label} ({c['column']}) | {c['value']:{sign}.3f} "
+        f"[{c['low']:{sign}.3f}, {c['high']:{sign}.3f}] | {c['n']} |"
+    )
+
+
+def _dataset_findings(b: dict[str, Any]) -> list[str]:
+    """Part 4: what the bundled set shows."""
+    timing = b.get("timing")
+    took = ""
+    if timing:
+        took = f"; {timing['wall_s']:.0f} s, {timing['prompts_per_s']:.2f} prompts/s"
+    corr = b["correct"]
+    share = "no prompt has a gold answer"
+    if corr["share"] is not None:
+        share = f"the reply holds the gold answer for {corr['share']:.1%} of {corr['n']} prompts"
+    lines = [
+        f"What the bundled set shows, from {b['source']} ({b['prompts']} prompts, replies of up "
+        f"to {b['max_new_tokens']} tokens{took}): {share}. Best cells at k={b['k']} (95% interval; template = "
+        "columns 0.., user = the user's last tokens):",
+        "",
+        "| statistic | columns | row | column | value | n |",
+        "|---|---|---|---|---:|---:|",
+    ]
+    names = {"lift": f"lift@{b['k']}", "answer_hit": f"answer hit rate@{b['k']}"}
+    for stat, cells in b["best"].items():
+        for where in ("template", "user"):
+            lines.append(f"| {names[stat]} | {where} " + _cell(cells[where], stat == "lift"))
+    cats = ", ".join(f"{k} {c['share']:.0%} of {c['n']}" for k, c in corr["by_category"].items())
+    return [*lines, "", f"Reply holds the answer, by category: {cats}."]
+
+
+def dataset(data: dict[str, Any]) -> str:
+    """bench_dataset.json: speed against the loop, memory, processes, the set's findings."""
+    speed, rss, load = data["speed"], data["rss"], data["load_avg_1min"]
+    targets = []
+    for case, what in (("lens", "lens"), ("sweep", "with the causal check")):
+        c = speed[case]
+        targets.append(
+            f"- run_dataset against the loop, {what}: {c['median_speedup']:.1f}x (target >= "
+            f"{c['target']:g}x): {_verdict(c['rounds_met'], len(c['rounds']))}."
+        )
+    if rss is not None:
+        small, large = rss["runs"][0]["prompts"], rss["runs"][-1]["prompts"]
+        targets.append(
+            f"- Run peak RSS, {large} against {small} prompts: {rss['run_peak_growth']:+.1%} "
+            f"(process peak {rss['process_peak_growth']:+.1%}; target within "
+            f"{rss['target']:.0%}): {'met' if rss['met'] else 'MISSED'}."
+        )
+    blocks = [
+        [f"{stamp(data)} Load average (1 min) {load['start']:.1f} at the start, "
+         f"{load['end']:.1f} at the end."],
+        _dataset_speed(data), _dataset_rss(rss), _dataset_processes(data["torchrun"], data["machine"]["cores"]),
+        ["Targets:"], targets, _dataset_findings(data["bundled"]),
+    ]  # fmt: skip
+    return "\n\n".join("\n".join(block) for block in blocks)
+
+
 def cuda_static(data: dict[str, Any]) -> str:
     """cuda_static.json: registers and main-loop size of each CUDA kernel."""
     lines = [
@@ -357,6 +525,7 @@ RENDERERS = {
     "bench_gpu": kernels,
     "bench_lens": lens,
     "bench_sweep": sweep,
+    "bench_dataset": dataset,
     "cuda_static": cuda_static,
 }
 
