@@ -28,13 +28,19 @@ from lenskit.errors import (
 )
 from lenskit.interventions import INTERVENTIONS, intervention_sweep, sweep_report
 from lenskit.lens import (
+    FidelityReport,
     Lens,
     LogitLens,
     ReadoutEngine,
+    TunedLens,
+    compare_fidelity,
     layer_names,
     layer_pairwise_kl,
+    lens_fidelity,
     lens_on_generation,
+    load_lens,
     run_lens,
+    train_lens,
 )
 from lenskit.model import (
     Readout,
@@ -58,6 +64,7 @@ __all__ = [
     "MAX_NEW_TOKENS",
     "DatasetResult",
     "EncodedPrompt",
+    "FidelityReport",
     "GenerationLengthError",
     "GenerationLens",
     "InputError",
@@ -82,10 +89,12 @@ __all__ = [
     "SweepRequest",
     "SweepResult",
     "TargetError",
+    "TunedLens",
     "UnknownInterventionError",
     "backend",
     "bundled_prompts",
     "cache_dir",
+    "compare_fidelity",
     "decoder_layers",
     "encode_prompt",
     "entropy",
@@ -97,7 +106,9 @@ __all__ = [
     "kl_div",
     "layer_names",
     "layer_pairwise_kl",
+    "lens_fidelity",
     "lens_on_generation",
+    "load_lens",
     "load_model",
     "load_prompts",
     "pairwise_kl",
@@ -105,5 +116,6 @@ __all__ = [
     "run_dataset",
     "run_lens",
     "sweep_report",
+    "train_lens",
 ]
 __version__ = "0.1.0"

@@ -198,6 +198,8 @@ class LensRequest:
         target: optional single-token target (text such as ``" Canberra"``, or a token id).
         chunk_size: read-out cells per chunk, :data:`CHUNK_SIZE` (None: ~256 MiB of logits).
         lens: a lens name (``"logit"``) or a :class:`~lenskit.lens.lenses.Lens`.
+        sublayers: also read the residual stream after each block's attention (rows
+            ``emb, 1.attn, 1, ..., L.attn, out``; see :func:`lenskit.run_lens`).
     """
 
     prompt: Any
@@ -207,6 +209,7 @@ class LensRequest:
     target: str | int | None = None
     chunk_size: int | None = None
     lens: Any = "logit"
+    sublayers: bool = False
 
     def __post_init__(self) -> None:
         _prompt_fields(self.prompt, self.chat, self.system)
@@ -220,6 +223,8 @@ class LensRequest:
                 "The target must be text (one token, e.g. ' Canberra') or a token id, got "
                 f"{type(self.target).__name__}."
             )
+        if not isinstance(self.sublayers, (bool, np.bool_)):
+            raise InputError(f"sublayers must be True or False, got {self.sublayers!r}")
         from lenskit.lens.lenses import check_lens
 
         check_lens(self.lens)

@@ -26,6 +26,7 @@ from lenskit.charts.dataset import (
 )
 from lenskit.charts.drilldown import position_drilldown_chart, position_table
 from lenskit.charts.export import chart_bytes, chart_spec, iter_layers, save_chart
+from lenskit.charts.fidelity import fidelity_chart
 from lenskit.charts.lens import default_detail_range, lens_heatmap, selected_positions
 from lenskit.charts.metrics import (
     METRICS,
@@ -105,6 +106,7 @@ __all__ = [
     "dataset_heatmap",
     "dataset_sweep_heatmap",
     "default_detail_range",
+    "fidelity_chart",
     "describe_range",
     "display_rank",
     "format_prob",

@@ -321,7 +321,9 @@ def _rows_y(result: LensResult, labels: bool, cell_height: int) -> alt.Y:
     r = result.n_rows
     axis: dict[str, Any] = {"labelFontSize": 10 if labels else 9, "ticks": False}
     if cell_height < 10 and r > 12:  # thin rows: label emb, out and every 5th block
-        axis["values"] = row_axis_values(r, 5 if r <= 60 else 10)
+        # Block rows only (emb, 1 .. L-1, out): sub-block rows "i.attn" stay unlabelled.
+        n_block_rows = sum(1 for n in layer_order if n.isdigit()) + 2
+        axis["values"] = row_axis_values(layer_order, 5 if n_block_rows <= 60 else 10)
     return alt.Y("layer:N", sort=layer_order, title="layer (read-out)", axis=alt.Axis(**axis))
 
 

@@ -152,7 +152,13 @@ def text_dark_mask(norm: np.ndarray) -> np.ndarray:
     return (norm < 0.2) | (norm > 0.8)
 
 
-def row_axis_values(n_rows: int, every: int = 5) -> list[str]:
+def row_axis_values(n_rows: int | Iterable[str], every: int = 5) -> list[str]:
     """Read-out rows to label when rows are thin: ``emb``, ``out`` and every ``every``-th
-    block of the rows "emb", "1" .. "L-1", "out" (``n_rows`` = L + 1)."""
-    return ["emb", "out", *(str(i) for i in range(every, n_rows - 1, every))]
+    block of the rows "emb", "1" .. "L-1", "out" (``n_rows`` = L + 1). Given the row names
+    instead of their number, sub-block rows ("3.attn") are left unlabelled and the blocks are
+    counted by their names."""
+    if isinstance(n_rows, (int, np.integer)):
+        return ["emb", "out", *(str(i) for i in range(every, int(n_rows) - 1, every))]
+    names = [str(n) for n in n_rows]
+    blocks = sorted((n for n in names if n.isdigit() and int(n) % every == 0), key=int)
+    return ["emb", "out", *blocks]

@@ -21,7 +21,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from lenskit.cli import dataset, lens, sweep
+from lenskit.cli import dataset, lens, sweep, train
 from lenskit.cli.common import (
     APP_EXTRA_MODULES,
     CHART_FORMATS,
@@ -65,6 +65,7 @@ COMMANDS: dict[
     "lens": (lens.HELP, lens.add_lens_arguments, lens.run_lens),
     "sweep": (sweep.HELP, sweep.add_sweep_arguments, sweep.run_sweep),
     "dataset": (dataset.HELP, dataset.add_dataset_arguments, dataset.run_dataset_command),
+    "train-lens": (train.HELP, train.add_train_arguments, train.run_train),
 }
 
 

@@ -24,9 +24,12 @@ class Lens:
 
     Attributes:
         name: the lens's name, shown in chart titles and stored in results.
+        supports_sublayers: whether the lens reads sub-block rows too (``run_lens(...,
+            sublayers=True)``: row indices ``i - 0.5`` for "i.attn"); else block rows only.
     """
 
     name: str = "lens"
+    supports_sublayers: bool = False
 
     def check(self, model: Any) -> None:
         """Raise :class:`~lenskit.errors.InputError` when the lens does not fit ``model``."""
@@ -41,6 +44,7 @@ class LogitLens(Lens):
     """The logit lens (nostalgebraist, 2020): every row read out as if it were the last."""
 
     name = "logit"
+    supports_sublayers = True  # the identity is the same for every row
 
     def translate(self, states: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
         return states

@@ -6,6 +6,11 @@ row i in 1..L-1 = the output of block i (``decoder_layers(model)[i - 1]``) read 
 it is only unembedded). Inner rows go through the lens, then the model's read-out (final
 norm, unembedding, logit scaling / soft-capping); see docs/architecture.md.
 
+With ``sublayers=True`` (R = 2L + 1) a sub-block row "i.attn" precedes each block row i: the
+residual stream inside 1-based block i after its attention and before its MLP, captured by
+hooks during the same forward pass (:func:`~lenskit.model.architecture.attention_site`):
+rows ``emb, 1.attn, 1, 2.attn, 2, ..., L-1, L.attn, out``.
+
 The read-out streams over chunks of positions, so at most ``chunk x R x V`` logits exist at
 a time; each chunk is reduced to entropy, KL(out || row), top-k and target statistics by the
 fused ops. Every view (run_lens, the lens over a generation, layer x layer KL, dataset mode)
@@ -14,7 +19,10 @@ reads out through :class:`ReadoutEngine`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -22,21 +30,62 @@ import torch
 
 from lenskit.errors import InputError, ReadoutError
 from lenskit.lens.lenses import Lens, get_lens
-from lenskit.model.architecture import decoder_layers, find_readout, vocabulary_mismatch
+from lenskit.model.architecture import (
+    AttentionSite,
+    attention_site,
+    decoder_layers,
+    find_readout,
+    vocabulary_mismatch,
+)
 from lenskit.model.forward_pass import hidden_states_forward, model_device, padded_batch
 from lenskit.ops import entropy_lse, kl_div
 from lenskit.progress import Progress, silent
 
-__all__ = ["DEFAULT_CHUNK_BYTES", "ReadoutEngine", "blocked_topk", "layer_names"]
+__all__ = [
+    "DEFAULT_CHUNK_BYTES",
+    "ReadoutEngine",
+    "blocked_topk",
+    "layer_names",
+    "lens_rows",
+    "supports_sublayers",
+]
 
 #: Bytes of fp32 logits per read-out chunk when ``chunk_size`` is not given (the default
 #: model's 31 rows x ~44 positions: one chunk for short prompts, bounded for long ones).
 DEFAULT_CHUNK_BYTES = 256 << 20
 
 
-def layer_names(n_layers: int) -> list[str]:
-    """Row labels for L decoder blocks: ``["emb", "1", ..., "L-1", "out"]`` (R = L + 1)."""
-    return ["emb", *[str(i) for i in range(1, n_layers)], "out"]
+def layer_names(n_layers: int, sublayers: bool = False) -> list[str]:
+    """Row labels for L decoder blocks: ``["emb", "1", ..., "L-1", "out"]`` (R = L + 1); with
+    ``sublayers``, ``["emb", "1.attn", "1", ..., "L-1", "L.attn", "out"]`` (R = 2L + 1), where
+    "i.attn" is the residual stream inside 1-based block i after its attention."""
+    if not sublayers:
+        return ["emb", *[str(i) for i in range(1, n_layers)], "out"]
+    names = ["emb"]
+    for i in range(1, n_layers + 1):
+        names += [f"{i}.attn", str(i) if i < n_layers else "out"]
+    return names
+
+
+def lens_rows(n_layers: int, sublayers: bool = False) -> list[int | float]:
+    """The row positions a lens's ``translate(states, rows)`` gets for the inner rows.
+
+    Block rows are ints: 0 (emb) .. L-1, the index into ``hidden_states``. With ``sublayers``
+    the sub-block row "i.attn" (inside 1-based block i, between rows i-1 and i) is the float
+    ``i - 0.5``, so a lens tells the two kinds apart (``isinstance(r, float)``):
+    ``[0, 0.5, 1, 1.5, ..., L-1, L-0.5]``.
+    """
+    if not sublayers:
+        return list(range(n_layers))
+    rows: list[int | float] = []
+    for i in range(n_layers):
+        rows += [i, i + 0.5]
+    return rows
+
+
+def supports_sublayers(lens: Lens) -> bool:
+    """Whether ``lens`` reads sub-block rows (:attr:`Lens.supports_sublayers`)."""
+    return bool(getattr(lens, "supports_sublayers", False))
 
 
 def blocked_topk(z: torch.Tensor, k: int, block: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,26 +162,45 @@ class ReadoutEngine:
         model: a causal LM (any device / dtype).
         lens: a :class:`~lenskit.lens.lenses.Lens` or its name (None: the logit lens).
         tokenizer: when given, checked against the model's vocabulary.
+        sublayers: add the sub-block rows "i.attn" (see :func:`layer_names`); then
+            :meth:`forward` / :meth:`forward_batch` return the 2L + 1 states in row order.
 
     Raises:
         ReadoutError: the architecture's blocks or read-out cannot be found.
-        InputError: the lens or the tokenizer does not fit the model.
+        InputError: the lens or the tokenizer does not fit the model; with ``sublayers``, the
+            blocks have no point after attention and before the MLP (parallel blocks), the
+            family is unknown, or the lens reads block rows only.
     """
 
-    def __init__(self, model: Any, lens: Lens | str | None = None, tokenizer: Any = None):
+    def __init__(
+        self,
+        model: Any,
+        lens: Lens | str | None = None,
+        tokenizer: Any = None,
+        *,
+        sublayers: bool = False,
+    ):
         self.model = model
         self.readout = find_readout(model)
         self.n_layers = len(decoder_layers(model))
         self.lens = get_lens(lens)
         self.lens.check(model)
+        self.sublayers = bool(sublayers)
+        self.site: AttentionSite | None = attention_site(model) if self.sublayers else None
+        if self.sublayers and not supports_sublayers(self.lens):
+            raise InputError(
+                f"The {self.lens.name} lens reads block rows only: it has no translator for "
+                "the sub-block rows (after attention). Run without sublayers, or use the "
+                "logit lens."
+            )
         mismatch = vocabulary_mismatch(model, tokenizer)
         if mismatch is not None:
             raise InputError(f"This model and tokenizer do not fit: {mismatch}")
 
     @property
     def n_rows(self) -> int:
-        """R = L + 1."""
-        return self.n_layers + 1
+        """R = L + 1 (2L + 1 with sub-block rows)."""
+        return 2 * self.n_layers + 1 if self.sublayers else self.n_layers + 1
 
     @property
     def vocab_size(self) -> int:
@@ -141,20 +209,26 @@ class ReadoutEngine:
 
     @property
     def row_names(self) -> list[str]:
-        return layer_names(self.n_layers)
+        return layer_names(self.n_layers, self.sublayers)
+
+    @property
+    def lens_rows(self) -> list[int | float]:
+        """What the lens's ``translate`` gets for the inner rows (:func:`lens_rows`)."""
+        return lens_rows(self.n_layers, self.sublayers)
 
     def forward(
         self, input_ids: Sequence[int] | torch.Tensor, attention_mask: torch.Tensor | None = None
     ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
         """One forward pass: ``(hidden_states [R x [B, T, d]], model logits at the last
-        position [B, V])``; ``input_ids`` is ``[T]`` or ``[B, T]``."""
+        position [B, V])``; ``input_ids`` is ``[T]`` or ``[B, T]``. With sub-block rows the
+        states are in row order (``emb, 1.attn, 1, ..., L.attn, out``)."""
         ids = torch.as_tensor(input_ids, dtype=torch.long, device=model_device(self.model))
         ids = ids.reshape(1, -1) if ids.dim() == 1 else ids
         self._check_ids(ids)
-        with torch.inference_mode():
+        with torch.inference_mode(), self._capture() as mids:
             hidden, last = hidden_states_forward(self.model, ids, attention_mask)
         self._check_rows(hidden)
-        return hidden, last
+        return self._with_sublayers(hidden, mids), last
 
     def forward_batch(
         self, sequences: Sequence[Sequence[int]], pad_id: int
@@ -165,11 +239,63 @@ class ReadoutEngine:
         for seq in sequences:
             self._check_ids(torch.as_tensor(list(seq), dtype=torch.long))
         ids, mask, positions = padded_batch(sequences, pad_id, model_device(self.model))
-        with torch.inference_mode():
+        with torch.inference_mode(), self._capture() as mids:
             hidden, last = hidden_states_forward(self.model, ids, mask, positions)
         self._check_rows(hidden)
         width = ids.shape[1]
-        return hidden, last, [width - len(seq) for seq in sequences]
+        return self._with_sublayers(hidden, mids), last, [width - len(seq) for seq in sequences]
+
+    @contextmanager
+    def _capture(self) -> Iterator[list[torch.Tensor | None]]:
+        """With sub-block rows: hooks that fill one residual state after attention per block
+        (block input by a forward pre-hook, the attention output by a forward hook on the
+        attention module, combined by the family's formula); else nothing."""
+        mids: list[torch.Tensor | None] = [None] * self.n_layers
+        if self.site is None:
+            yield mids
+            return
+        site, blocks = self.site, decoder_layers(self.model)
+        inputs: list[torch.Tensor | None] = [None] * self.n_layers
+        thread = threading.get_ident()  # other threads' passes through the model: ignored
+
+        def block_in(i: int, module: Any, args: tuple, kwargs: dict) -> None:
+            if threading.get_ident() == thread:
+                inputs[i] = args[0] if args else kwargs["hidden_states"]
+
+        def attn_out(i: int, module: Any, args: tuple, output: Any) -> None:
+            if threading.get_ident() == thread and inputs[i] is not None:
+                out = output[0] if isinstance(output, (tuple, list)) else output
+                mids[i] = site.residual(blocks[i], inputs[i], out)
+                inputs[i] = None
+
+        handles = []
+        try:
+            for i, block in enumerate(blocks):
+                handles.append(
+                    block.register_forward_pre_hook(partial(block_in, i), with_kwargs=True)
+                )
+                handles.append(site.module(block).register_forward_hook(partial(attn_out, i)))
+            yield mids
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def _with_sublayers(
+        self, hidden: tuple[torch.Tensor, ...], mids: list[torch.Tensor | None]
+    ) -> tuple[torch.Tensor, ...]:
+        """``hidden`` (L + 1 states) with the captured sub-block states in row order."""
+        if not self.sublayers:
+            return hidden
+        missing = [i for i, m in enumerate(mids) if m is None]
+        if missing:
+            raise ReadoutError(
+                f"{self.readout.architecture}: the attention of blocks {missing} did not run "
+                "through its hooks, so their sub-block rows cannot be read."
+            )
+        rows: list[torch.Tensor] = [hidden[0]]
+        for i, mid in enumerate(mids):
+            rows += [mid, hidden[i + 1]]  # type: ignore[list-item]
+        return tuple(rows)
 
     def _check_ids(self, ids: torch.Tensor) -> None:
         too_big = int(ids.max()) if ids.numel() else -1
@@ -180,21 +306,22 @@ class ReadoutEngine:
             )
 
     def _check_rows(self, hidden: Sequence[torch.Tensor]) -> None:
-        if len(hidden) != self.n_rows:
+        if len(hidden) != self.n_layers + 1:
             raise ReadoutError(
                 f"{self.readout.architecture} returned {len(hidden)} hidden states for "
-                f"{self.n_layers} decoder blocks (expected {self.n_rows})"
+                f"{self.n_layers} decoder blocks (expected {self.n_layers + 1})"
             )
 
     def _states(
         self, hidden: Sequence[torch.Tensor], batch: int, positions: Sequence[int]
     ) -> torch.Tensor:
         """Read-out input ``[P, R, d]`` at ``positions`` of batch row ``batch``: inner rows
-        through the lens and the final norm, the last row (already normed) as it is."""
+        through the lens (rows :attr:`lens_rows`) and the final norm, the last row (already
+        normed) as it is."""
         device = self.readout.unembed.weight.device
         index = torch.as_tensor(list(positions), dtype=torch.long)
         inner = torch.stack([h[batch, index.to(h.device)].to(device) for h in hidden[:-1]], 1)
-        inner = self.lens.translate(inner, range(self.n_layers))
+        inner = self.lens.translate(inner, self.lens_rows)
         final = hidden[-1][batch, index.to(hidden[-1].device)].to(device)
         return torch.cat([self.readout.normalize(inner), final[:, None, :]], dim=1)
 

@@ -55,6 +55,7 @@ def run_lens(
     target: str | int | None = None,
     chunk_size: int | None = None,
     lens: str | Lens = "logit",
+    sublayers: bool = False,
     progress: Progress | bool | None = None,
 ) -> LensResult:
     """Run the lens on one prompt: every row read out at every position.
@@ -75,20 +76,30 @@ def run_lens(
         chunk_size: cells (row x position logit vectors) per chunk, rounded to whole
             positions (all R rows of a position together); default ~256 MiB of fp32 logits.
         lens: the lens of the inner rows: ``"logit"`` or a lens object.
+        sublayers: also read the residual stream after each block's attention and before
+            its MLP (captured by hooks in the same forward pass), read out like the other
+            rows: R = 2L + 1 rows ``emb, 1.attn, 1, 2.attn, 2, ..., L-1, L.attn, out``, where
+            "i.attn" lies inside 1-based block i (between rows i-1 and i). The other rows'
+            statistics equal those of the run without sublayers.
         progress: ``progress(fraction, message)``, True for a tqdm bar on stderr, or None.
 
     Returns:
-        :class:`LensResult` with R = L + 1 rows and T positions; entropy and KL in nats.
+        :class:`LensResult` with R = L + 1 rows (2L + 1 with ``sublayers``) and T positions;
+        entropy and KL in nats.
 
     Raises:
         lenskit.InputError: a bad prompt (:class:`~lenskit.errors.PromptError`), target
-            (:class:`~lenskit.errors.TargetError`), ``top_k`` or ``chunk_size``.
+            (:class:`~lenskit.errors.TargetError`), ``top_k`` or ``chunk_size``; with
+            ``sublayers``, a model whose blocks run attention and the MLP in parallel (GPT-J,
+            GPT-NeoX with ``use_parallel_residual``, Phi-1/2, Cohere, parallel Falcon), a
+            family lenskit does not know, or a lens that reads block rows only (raised before
+            the forward pass).
         lenskit.ReadoutError: the architecture's read-out cannot be found, or does not
             reproduce the model's own logits.
     """
     request = LensRequest(
         prompt, chat=chat, system=system, top_k=top_k, target=target, chunk_size=chunk_size,
-        lens=lens,
+        lens=lens, sublayers=sublayers,
     )  # fmt: skip
     return lens_result(model, tokenizer, request, progress=progress)
 
@@ -140,7 +151,7 @@ def lens_result(
 ) -> LensResult:
     """The :class:`LensResult` of a :class:`~lenskit.requests.LensRequest` (see
     :func:`run_lens`)."""
-    engine = ReadoutEngine(model, request.lens, tokenizer)
+    engine = ReadoutEngine(model, request.lens, tokenizer, sublayers=request.sublayers)
     check_top_k_vocab(request.top_k, engine.vocab_size)
     enc = _encode(model, tokenizer, request.prompt, request.chat, request.system)
     targets: list[int] = []

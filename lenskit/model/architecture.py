@@ -2,7 +2,9 @@
 
 Table-driven (attribute paths per family), so a new family is one entry in a path table.
 :func:`find_readout` gives a :class:`Readout` whose ``logits(hidden)`` is the logit-lens
-read-out of a residual state.
+read-out of a residual state; :func:`attention_site` says where a family's attention sits
+inside a block and how the residual stream "after attention, before the MLP" is formed (the
+sub-block rows of ``run_lens(..., sublayers=True)``).
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from lenskit.errors import ReadoutError
+from lenskit.errors import InputError, ReadoutError
 
 __all__ = [
+    "AttentionSite",
     "Readout",
+    "attention_site",
     "context_length",
     "decoder_layers",
     "find_readout",
@@ -253,3 +257,124 @@ def vocabulary_mismatch(model: nn.Module, tokenizer: Any) -> str | None:
         "(its unembedding rows): they do not belong together. Load the tokenizer saved with "
         "this checkpoint."
     )
+
+
+# --- sub-blocks: the residual stream after attention, before the MLP ------------------------
+
+
+@dataclass(frozen=True)
+class AttentionSite:
+    """Where a block's attention sits and how the residual stream after it is formed.
+
+    ``mid = after_norm(h_in + multiplier * post_norm(attn_out))`` where ``h_in`` is the block's
+    input and ``attn_out`` the attention module's output (its first element when it returns a
+    tuple); each part applies only where the family has it (all names are attributes of the
+    block).
+
+    Attributes:
+        attention: the attention module's attribute (``"self_attn"``, ``"attn"`` ...).
+        post_norm: a norm on the attention output before the residual add (Gemma 2/3, OLMo 2/3
+            ``post_attention_layernorm``), else None.
+        multiplier: a scale on the attention output (Granite ``residual_multiplier``), else None.
+        after_norm: a norm on the sum (post-norm OPT ``self_attn_layer_norm``), else None.
+    """
+
+    attention: str
+    post_norm: str | None = None
+    multiplier: str | None = None
+    after_norm: str | None = None
+
+    def module(self, block: nn.Module) -> nn.Module:
+        """The attention module of ``block``."""
+        return getattr(block, self.attention)
+
+    def residual(
+        self, block: nn.Module, block_input: torch.Tensor, attn_out: torch.Tensor
+    ) -> torch.Tensor:
+        """The residual stream after the attention of ``block``, ``[..., d]``."""
+        x = attn_out
+        if self.post_norm is not None:
+            x = getattr(block, self.post_norm)(x)
+        if self.multiplier is not None:
+            x = x * getattr(block, self.multiplier)
+        mid = block_input + x.to(block_input.dtype)
+        if self.after_norm is not None:
+            mid = getattr(block, self.after_norm)(mid)
+        return mid
+
+
+_PRE_NORM = AttentionSite("self_attn")
+_POST_NORM = AttentionSite("self_attn", post_norm="post_attention_layernorm")
+_GRANITE = AttentionSite("self_attn", multiplier="residual_multiplier")
+# model_type -> site, for families whose blocks are always sequential (attention, then MLP).
+_ATTENTION_SITES: dict[str, AttentionSite] = {
+    **dict.fromkeys(
+        (
+            "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "phi3",
+            "gemma", "olmo", "smollm3", "starcoder2", "deepseek_v3",
+        ),
+        _PRE_NORM,
+    ),
+    **dict.fromkeys(("gemma2", "gemma3", "gemma3_text", "olmo2", "olmo3", "exaone4"), _POST_NORM),
+    **dict.fromkeys(("granite", "granitemoe"), _GRANITE),
+    **dict.fromkeys(("gpt2", "gpt_bigcode"), AttentionSite("attn")),
+}  # fmt: skip
+#: Families whose attention and MLP both read the block's input (parallel blocks).
+_PARALLEL = ("gptj", "codegen", "phi", "cohere", "cohere2")
+
+
+def _conditional_site(model_type: str, config: Any) -> AttentionSite | None | str:
+    """Families whose block layout depends on the config: a site, "parallel", or None
+    (not one of them)."""
+    if model_type in ("gpt_neox", "stablelm"):
+        if getattr(config, "use_parallel_residual", False):
+            return "parallel"
+        return AttentionSite("attention" if model_type == "gpt_neox" else "self_attn")
+    if model_type == "falcon":
+        if getattr(config, "parallel_attn", True) or getattr(
+            config, "new_decoder_architecture", False
+        ):
+            return "parallel"
+        return AttentionSite("self_attention")
+    if model_type == "opt":
+        post = not getattr(config, "do_layer_norm_before", True)
+        return AttentionSite("self_attn", after_norm="self_attn_layer_norm" if post else None)
+    return None
+
+
+def attention_site(model: nn.Module) -> AttentionSite:
+    """Where the attention of ``model``'s blocks sits, for the sub-block rows.
+
+    Raises:
+        InputError: the blocks compute attention and the MLP in parallel (GPT-J, GPT-NeoX with
+            ``use_parallel_residual``, Phi-1/2, Cohere, Falcon with parallel attention ...),
+            so no residual state lies between them; or lenskit does not know the family.
+    """
+    arch = type(model).__name__
+    config = _text_config(model.config)
+    model_type = str(
+        getattr(config, "model_type", None) or getattr(model.config, "model_type", "?")
+    )
+    what = f"{arch} (model_type={model_type!r})"
+    site = _ATTENTION_SITES.get(model_type) or _conditional_site(model_type, config)
+    if site == "parallel" or model_type in _PARALLEL:
+        raise InputError(
+            f"{what} computes attention and the MLP in parallel from the same block input: its "
+            "blocks have no residual state after attention and before the MLP, so there are no "
+            "sub-block rows. Run without sublayers."
+        )
+    if not isinstance(site, AttentionSite):
+        known = ", ".join(sorted({*_ATTENTION_SITES, "gpt_neox", "stablelm", "falcon", "opt"}))
+        raise InputError(
+            f"lenskit does not know where {what} keeps attention inside its blocks, so it "
+            f"cannot read sub-block rows for it (known families: {known}). Run without sublayers."
+        )
+    for i, block in enumerate(decoder_layers(model)):
+        names = [n for n in (site.attention, site.post_norm, site.multiplier, site.after_norm) if n]
+        missing = [n for n in names if getattr(block, n, None) is None]
+        if missing:
+            raise InputError(
+                f"{what}: block {i} has no {', '.join(missing)}, where lenskit expects this "
+                "family's attention; sub-block rows are not available. Run without sublayers."
+            )
+    return site
