@@ -120,6 +120,7 @@ DATASET_NEW_TOKENS = replace(
 )
 DATASET_SEED = replace(
     SEED,
+    label="Control seed",
     help="seed of the control tokens' derangement (which prompt's answer is another's control)",
 )
 DATASET_BATCH_SIZE = IntOption(

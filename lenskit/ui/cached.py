@@ -7,6 +7,8 @@
   results of :func:`lenskit.run`, keyed by the request and the :class:`~lenskit.ui.state.ModelRef`
   (spec, device, what "default" means). Results are numpy-only dataclasses: cached as objects,
   and every session gets its own copy.
+* :func:`prompt_set` (``st.cache_data``): a dataset page's prompt set, the bundled one or an
+  uploaded file's, keyed by the file's bytes.
 
 The progress bars of the cached functions are made inside them: Streamlit replays the
 elements a cached function made when it answers from the cache, so a bar made outside and
@@ -16,13 +18,18 @@ updated inside could not be replayed.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import streamlit as st
 
 import lenskit
+from lenskit.dataset import BUNDLED, PromptSet, load_prompts
+from lenskit.errors import LenskitError
 from lenskit.model import ModelPool, default_device, model_device
 from lenskit.progress import Progress
 from lenskit.requests import LensRequest, PairwiseRequest, SweepRequest
@@ -37,6 +44,7 @@ __all__ = [
     "model_pool",
     "model_ref",
     "pairwise_kl",
+    "prompt_set",
     "sweep_report",
 ]
 
@@ -110,6 +118,27 @@ def pairwise_kl(ref: ModelRef, request: PairwiseRequest) -> PairwiseKL:
     """KL between every pair of read-out rows at one position."""
     model, tokenizer = load(ref)
     return lenskit.run(model, tokenizer, request)
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def prompt_set(source: str, data: bytes | None, skip_invalid: bool = False) -> PromptSet:
+    """The bundled prompt set (``data`` None), or an uploaded file's (``source``: its name).
+
+    The upload is written to a temporary file of the same name and read by
+    :func:`lenskit.dataset.load_prompts`, so that its messages (which name the file and the
+    line) and the set's source name the user's file, not the temporary one.
+    """
+    if data is None:
+        return load_prompts(BUNDLED, skip_invalid=skip_invalid)
+    name = Path(source).name or "prompts.txt"
+    with tempfile.TemporaryDirectory(prefix="lenskit-upload-") as folder:
+        path = Path(folder) / name
+        path.write_bytes(data)
+        try:
+            prompts = load_prompts(path, skip_invalid=skip_invalid)
+        except LenskitError as exc:
+            raise type(exc)(str(exc).replace(str(path), name)) from None
+    return replace(prompts, source=name)
 
 
 #: The cached computation of each kind of run.

@@ -11,16 +11,19 @@ shared between sessions.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import streamlit as st
 
-from lenskit.requests import LensRequest, SweepRequest
+from lenskit.dataset import DatasetResult
+from lenskit.requests import DatasetRequest, LensRequest, SweepRequest
 from lenskit.results import LensResult, SweepReport
 
 __all__ = [
     "STATE_KEY",
     "AppState",
+    "DatasetSpec",
+    "DatasetState",
     "Job",
     "Keys",
     "LensState",
@@ -65,6 +68,24 @@ class Keys:
     SWEEP_SCALE = "sweep_scale"
     GEN_METRIC = "gen_metric"
     PAIR_POS = "pair_pos"
+    # Dataset page
+    DS_SOURCE = "ds_source"
+    DS_FILE = "ds_file"
+    DS_SKIP_INVALID = "ds_skip_invalid"
+    DS_LIMIT = "ds_limit"
+    DS_USER_TOKENS = "ds_user_tokens"
+    DS_MAX_NEW = "ds_max_new"
+    DS_TOP_K = "ds_top_k"
+    DS_BATCH = "ds_batch"
+    DS_SEED = "ds_seed"
+    DS_SWEEP = "ds_sweep"
+    DS_SUBMIT = "ds_submit"
+    DS_STAT = "ds_stat"
+    DS_K = "ds_k"
+    DS_CATEGORY = "ds_category"
+    DS_LAYER = "ds_layer"
+    DS_COLUMN = "ds_column"
+    DS_PROMPT = "ds_prompt"
 
 
 @dataclass(frozen=True)
@@ -125,6 +146,62 @@ class SweepState:
     prompt_ids: tuple[int, ...] | None = None
 
 
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One dataset run as the user asked for it: kept as the pending run until it is handed
+    to the background, and with its result as what that result was computed for.
+
+    Attributes:
+        model: the model it runs on.
+        request: the options (:class:`~lenskit.requests.DatasetRequest`).
+        source: ``"bundled"`` or the uploaded file's name.
+        data: the uploaded file's bytes (None for the bundled set).
+        limit: only the first ``limit`` prompts (None: all).
+        skip_invalid: leave the file's bad lines out instead of stopping at the first.
+    """
+
+    model: ModelRef
+    request: DatasetRequest
+    source: str
+    data: bytes | None = field(default=None, repr=False)
+    limit: int | None = None
+    skip_invalid: bool = False
+
+
+@dataclass
+class DatasetState:
+    """The dataset page: the last good run, the run in the background, and messages.
+
+    Attributes:
+        spec, result: the last good run and what it was asked for.
+        output: the :class:`lenskit.ui.jobs.DatasetRun` holding ``result`` and its temporary
+            directory (its records; removed when another result replaces it).
+        records, replies: ``result.records`` and ``result.prompts``, read once (None until
+            first needed).
+        job: the run in the background (a :class:`lenskit.ui.jobs.BackgroundJob`), or None.
+        running: what ``job`` was asked for.
+        pending: a run started and not yet handed to the background (the prompts are read
+            and the model loaded in the script first); left behind, it was interrupted.
+        rerun: the user asked to run ``pending`` again.
+        open_lens: a prompt was sent to the sidebar: switch to the lens page and run it.
+        messages: the messages of the latest attempt.
+        bug: an exception the background run ended with that is not the library's message.
+    """
+
+    spec: DatasetSpec | None = None
+    result: DatasetResult | None = None
+    output: Any = None
+    records: Any = None
+    replies: Any = None
+    job: Any = None
+    running: DatasetSpec | None = None
+    pending: DatasetSpec | None = None
+    rerun: bool = False
+    open_lens: bool = False
+    messages: list[Message] = field(default_factory=list)
+    bug: BaseException | None = None
+
+
 @dataclass
 class AppState:
     """Everything one browser session remembers besides its widgets' values.
@@ -132,6 +209,7 @@ class AppState:
     Attributes:
         lens: the logit-lens run (shown on both pages).
         sweep: the intervention sweep.
+        dataset: the dataset page (its run in the background, its result).
         pending: the runs started and not yet finished, by kind. A run is recorded here before
             it starts and removed when it ends (with a result or a message); a record left at
             the start of a script run means that run was interrupted.
@@ -145,6 +223,7 @@ class AppState:
 
     lens: LensState = field(default_factory=LensState)
     sweep: SweepState = field(default_factory=SweepState)
+    dataset: DatasetState = field(default_factory=DatasetState)
     pending: dict[str, Job] = field(default_factory=dict)
     rerun: Kind | None = None
     run_requested: bool = False

@@ -398,3 +398,49 @@ def test_readme_screenshot(tmp_path: Path) -> None:
         out, optimize=True
     )
     assert out.stat().st_size < 300_000
+
+
+# lenskit.ui.widgets.chart_key adds "_N" to the key once a run replaced the last.
+DATASET_CHART = "[class*='st-key-dataset_chart'] [data-testid='stVegaLiteChart']"
+
+
+def test_dataset_page_in_chromium(chromium: str, app_url: str, tmp_path: Path) -> None:
+    """The Dataset page: a run of the first 4 bundled prompts goes on in the background (its
+    progress polled) until the heatmap appears; clicking a cell lists its prompts, and one of
+    them opens in the logit-lens page."""
+    with app_page(chromium, app_url, CHART) as page:
+        page.get_by_role("link", name="Dataset").click()
+        page.get_by_role("button", name="Run on the prompt set").wait_for(timeout=60_000)
+        wait_idle(page)
+        page.get_by_role("spinbutton", name="First N prompts").fill("4")
+        page.get_by_role("spinbutton", name="Tokens to generate (1\u201364)").fill("4")
+        page.get_by_role("button", name="Run on the prompt set").click()
+        marks = f"{DATASET_CHART} canvas, {DATASET_CHART} svg.marks"
+        page.wait_for_selector(marks, timeout=120_000)
+        wait_idle(page)
+        page.wait_for_timeout(1000)
+        assert page.locator("[data-testid='stException']").count() == 0
+        assert page.get_by_text("4 prompts (the first 4 prompts of").count() > 0
+        page.screenshot(path=str(tmp_path / "dataset.png"), full_page=True)
+        page.locator(DATASET_CHART).first.screenshot(path=str(tmp_path / "dataset_heatmap.png"))
+
+        # click a cell of the heatmap: its layer and column are picked, its prompts listed
+        layer = page.get_by_role("combobox", name="Layer", exact=True)
+        before = layer.input_value()
+        box = page.locator(marks).first.bounding_box()
+        assert box is not None
+        page.mouse.click(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5)
+        wait_changed(page, layer.input_value, before)
+        assert layer.input_value() != before, "clicking a heatmap cell picked nothing"
+        page.get_by_role("button", name="Open in the lens page").wait_for(timeout=30_000)
+        page.screenshot(path=str(tmp_path / "dataset_cell.png"), full_page=True)
+
+        # the chosen prompt opens (and runs) in the logit-lens page
+        prompt = page.get_by_role("combobox", name="Prompt", exact=True).input_value()
+        text = prompt.split(": ", 1)[1]
+        page.get_by_role("button", name="Open in the lens page").click()
+        page.get_by_role("heading", name="Overview").wait_for(timeout=60_000)
+        page.locator("[data-testid='stCode']").filter(has_text=text).first.wait_for(timeout=60_000)
+        wait_idle(page)
+        assert page.locator("[data-testid='stException']").count() == 0
+        page.screenshot(path=str(tmp_path / "dataset_to_lens.png"), full_page=True)

@@ -33,4 +33,5 @@ class Page:
 PAGES: list[Page] = [
     Page("lens.py", "Logit lens", "lens", ":material/grid_on:"),
     Page("sweep.py", "Generation & interventions", "sweep", ":material/tune:"),
+    Page("dataset.py", "Dataset", "dataset", ":material/dataset:"),
 ]
