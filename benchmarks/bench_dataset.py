@@ -80,7 +80,7 @@ K = 10  # the k of the bundled set's figures
 COST_S = {"loop": 1.9, "loop_sweep": 5.0, "batched": 0.4, "batched_sweep": 2.1}
 LOAD_S = 8.0  # a fresh process: import and cached model load
 FULL = {
-    "prompts": 48, "max_new_tokens": 24, "batch_size": 8, "rounds": 2,
+    "prompts": 48, "max_new_tokens": 24, "batch_size": 16, "rounds": 2,
     "rss_prompts": "100,400", "rss_max_new_tokens": 8, "set_prompts": 321,
     "set_max_new_tokens": 24,
 }  # fmt: skip
@@ -510,7 +510,7 @@ def parse_args() -> argparse.Namespace:
     add("--prompts", type=int, default=None, help="prompts of parts 1 and 3 (default 48)")
     add("--rounds", type=int, default=None, help="rounds of part 1 (default 2)")
     add("--max-new-tokens", type=int, default=None, help="reply tokens, parts 1, 3 (24)")
-    add("--batch-size", type=int, default=None, help="run_dataset's batch size (default 8)")
+    add("--batch-size", type=int, default=None, help="run_dataset's batch size (default 16, the library's)")
     add("--threads", type=int, default=2, help="torch threads in total (default 2)")
     add("--rss-prompts", default=None, help="sizes of part 2 (default 100,400)")
     add("--rss-max-new-tokens", type=int, default=None, help="reply tokens, part 2 (8)")

@@ -124,7 +124,7 @@ DATASET_SEED = replace(
     help="seed of the control tokens' derangement (which prompt's answer is another's control)",
 )
 DATASET_BATCH_SIZE = IntOption(
-    "batch_size", "Batch size", 1, 256, 8, "prompts per forward pass and per generation"
+    "batch_size", "Batch size", 1, 256, 16, "prompts per forward pass and per generation"
 )
 
 #: Named position selections of a sweep (besides explicit prompt indices), with their help.

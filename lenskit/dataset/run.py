@@ -49,7 +49,7 @@ def run_dataset(
     max_new_tokens: int = 24,
     top_k: int = 10,
     sweep: bool = False,
-    batch_size: int = 8,
+    batch_size: int = 16,
     seed: int = 0,
     lens: str | Lens = "logit",
     output_dir: str | Path | None = None,

@@ -141,7 +141,11 @@ def _chunk_stats(
     if len(targets):
         zt = torch.stack([_target_logit(flat, t) for t in targets], dim=-1)  # [P*R, n]
         stats["target_prob"] = torch.exp(zt.float().view(p, r, -1) - lse[:, :, None])
-        ranks = [(flat > zt[:, j : j + 1]).sum(dim=-1) for j in range(len(targets))]
+        # int32 counts: the default int64 reduction over a [cells, V] mask is ~2x slower.
+        ranks = [
+            torch.sum(flat > zt[:, j : j + 1], dim=-1, dtype=torch.int32)
+            for j in range(len(targets))
+        ]
         stats["target_rank"] = torch.stack(ranks, dim=-1).view(p, r, -1)
     return stats
 
