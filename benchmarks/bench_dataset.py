@@ -510,7 +510,12 @@ def parse_args() -> argparse.Namespace:
     add("--prompts", type=int, default=None, help="prompts of parts 1 and 3 (default 48)")
     add("--rounds", type=int, default=None, help="rounds of part 1 (default 2)")
     add("--max-new-tokens", type=int, default=None, help="reply tokens, parts 1, 3 (24)")
-    add("--batch-size", type=int, default=None, help="run_dataset's batch size (default 16, the library's)")
+    add(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="run_dataset's batch size (default 16, the library's)",
+    )
     add("--threads", type=int, default=2, help="torch threads in total (default 2)")
     add("--rss-prompts", default=None, help="sizes of part 2 (default 100,400)")
     add("--rss-max-new-tokens", type=int, default=None, help="reply tokens, part 2 (8)")
