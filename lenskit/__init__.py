@@ -33,6 +33,7 @@ from lenskit.lens import (
     LogitLens,
     ReadoutEngine,
     TunedLens,
+    cached_lens,
     compare_fidelity,
     layer_names,
     layer_pairwise_kl,
@@ -40,6 +41,7 @@ from lenskit.lens import (
     lens_on_generation,
     load_lens,
     run_lens,
+    train_cached_lens,
     train_lens,
 )
 from lenskit.model import (
@@ -94,6 +96,7 @@ __all__ = [
     "backend",
     "bundled_prompts",
     "cache_dir",
+    "cached_lens",
     "compare_fidelity",
     "decoder_layers",
     "encode_prompt",
@@ -116,6 +119,7 @@ __all__ = [
     "run_dataset",
     "run_lens",
     "sweep_report",
+    "train_cached_lens",
     "train_lens",
 ]
 __version__ = "0.1.0"

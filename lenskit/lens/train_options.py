@@ -26,6 +26,7 @@ __all__ = [
     "TRAIN_SEQUENCES",
     "TRAIN_STEPS",
     "WEIGHT_DECAY",
+    "default_options",
 ]
 
 TRAIN_STEPS = IntOption("steps", "Steps", 1, 1_000_000, 250, "optimiser steps")
@@ -65,3 +66,12 @@ LR_SCALE = 1.0
 MOMENTUM = 0.9
 WEIGHT_DECAY = 1e-3
 CLIP_NORM = 1.0
+
+
+def default_options() -> dict[str, int | float]:
+    """The default of every option of :func:`lenskit.lens.train.train_lens` by name."""
+    options = (
+        TRAIN_STEPS, CHECKPOINT_EVERY, TRAIN_SEED, TRAIN_SEQUENCES, TRAIN_POSITIONS,
+        HELDOUT_PERCENT, REPLY_TOKENS, SEQ_LEN, EVAL_POSITIONS,
+    )  # fmt: skip
+    return {**{opt.name: opt.default for opt in options}, "lr_scale": LR_SCALE}

@@ -272,7 +272,8 @@ def load_lens(model: Any, spec: str | Path | Lens | None) -> Lens:
     """The lens ``spec`` names, checked against ``model``.
 
     ``spec``: a :class:`~lenskit.lens.lenses.Lens` (checked, returned), None or ``"logit"``
-    (the logit lens), another name of :data:`~lenskit.lens.lenses.LENSES`, or a directory
+    (the logit lens), another name of :data:`~lenskit.lens.lenses.LENSES`, ``"tuned"`` (the
+    model's own lens from lenskit's cache, :mod:`lenskit.lens.store`), or a directory
     holding a tuned lens (``config.json`` + ``params.pt``), moved to the device of the
     model's unembedding.
 
@@ -286,11 +287,15 @@ def load_lens(model: Any, spec: str | Path | Lens | None) -> Lens:
         lens = spec
     elif isinstance(spec, str) and spec in LENSES:
         lens = LENSES[spec]()
+    elif spec == "tuned":
+        from lenskit.lens.store import require_cached_lens
+
+        return require_cached_lens(model)
     elif isinstance(spec, (str, Path)) and Path(spec).is_dir():
         lens = TunedLens.load(spec).to(find_readout(model).unembed.weight.device)
     else:
         raise InputError(
-            f"unknown lens {str(spec)!r}: give one of {tuple(LENSES)} or a tuned lens "
+            f"unknown lens {str(spec)!r}: give one of {(*LENSES, 'tuned')} or a tuned lens "
             f"directory (holding {CONFIG_FILE} and {PARAMS_FILE})"
         )
     lens.check(model)
