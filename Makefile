@@ -47,6 +47,7 @@ bench: install
 	$(PY) benchmarks/bench_lens.py
 	$(PY) benchmarks/bench_sweep.py
 	$(PY) benchmarks/bench_dataset.py
+	$(PY) benchmarks/bench_lenses.py
 	$(PY) benchmarks/render.py
 
 lint: install

@@ -42,6 +42,7 @@ SECTIONS = (
     ("bench_lens", "Lens read-out (`benchmarks/bench_lens.py`)", ""),
     ("bench_sweep", "Intervention sweep (`benchmarks/bench_sweep.py`)", ""),
     ("bench_dataset", "Dataset mode (`benchmarks/bench_dataset.py`)", ""),
+    ("bench_lenses", "Tuned lens (`benchmarks/bench_lenses.py`)", ""),
     ("bench_gpu", "GPU", ""),
     ("cuda_static", "CUDA kernels, static (`benchmarks/cuda_static.py`)", CUDA_STATIC_INTRO),
 )
@@ -502,6 +503,110 @@ def dataset(data: dict[str, Any]) -> str:
     return "\n\n".join("\n".join(block) for block in blocks)
 
 
+def _kl(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _calls(n: int) -> str:
+    return "1 call" if n == 1 else f"{n} calls"
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
+def tuned_lens(data: dict[str, Any]) -> str:
+    """bench_lenses.json: training the default lens, its fidelity, its read-out time."""
+    st, tr, fid, ro = data["settings"], data["training"], data["fidelity"], data["readout"]
+    tg, opts, load = st["targets"], st["train_options"], data["load_avg_1min"]
+    ph, model = tr["phases_s"], st["model"].split(" (")[0]
+    names = fid["layer_names"]
+    speed = "" if tr["steps_per_s"] is None else f", {tr['steps_per_s']:.2f} steps/s"
+    kl = tr["heldout_kl_block_mean"]
+    lines = [
+        f"{stamp(data)} Load average (1 min) {load['start']:.1f} at the start, "
+        f"{load['end']:.1f} at the end; {st['threads']} torch threads.",
+        "",
+        f"`train_lens` on the default model ({model}, {len(names) - 1} blocks) with "
+        f"{'the default options' if not st['quick'] else 'quick options'}: {st['data']}, "
+        f"{tr['n_transcripts']} chat transcripts written by the model (replies of up to "
+        f"{opts['reply_tokens']} tokens), {tr['n_heldout']} held out ({tr['heldout_tokens']} "
+        f"tokens); {tr['steps']} steps of {opts['positions']} positions from "
+        f"{opts['sequences']} transcripts. Phases timed by the progress messages.",
+        "",
+        "| phase | wall (s) |",
+        "|---|---:|",
+        f"| transcripts (sampling the replies) | {ph['transcripts']:.1f} |",
+        f"| held-out KL of the zero lens, step 1 | {ph['to_first_step']:.1f} |",
+        f"| steps 2..{tr['steps']} (checkpoints included{speed}) | {ph['steps']:.1f} |",
+        f"| held-out KL of the trained lens, files | {ph['after_steps']:.1f} |",
+        f"| total (CPU {tr['cpu_s']:.0f} s) | {tr['wall_s']:.1f} |",
+        "",
+        f"Held-out KL(out || row), mean over rows 1..{len(names) - 2} ({opts['eval_positions']} "
+        f"positions): {_kl(kl['before'])} nats before training (the logit lens), "
+        f"{_kl(kl['after'])} after.",
+        "",
+    ]
+    summ = fid["summary"]
+    lines += [
+        f"Fidelity on the run's {fid['n_transcripts']} held-out transcripts (`lens_fidelity`, "
+        f"{fid['wall_s']:.0f} s): mean KL(out || row) in nats and top-1 agreement with row "
+        '"out", means over rows ' + f"1..{len(names) - 2}:",
+        "",
+        "| positions | n | KL, logit lens | KL, tuned lens | reduction | top-1, logit | "
+        "top-1, tuned |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for region, s in summ.items():
+        lines.append(
+            f"| {region} | {s['n']} | {s['mean_kl_logit']:.3f} | {s['mean_kl_tuned']:.3f} | "
+            f"{s['reduction_pct']:.0f}% | {s['top1_logit']:.0%} | {s['top1_tuned']:.0%} |"
+        )
+    kls, top = fid["mean_kl"], fid["top1_agreement"]
+    lines += [
+        "",
+        "Per row (KL in nats / top-1 agreement):",
+        "",
+        "| row | template, logit | template, tuned | user, logit | user, tuned |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for i, row in enumerate(names[:-1]):
+        cells = [
+            f"{_kl(kls[lens][region][i])} / {_share(top[lens][region][i])}"
+            for region in fid["regions"]
+            for lens in fid["lenses"]
+        ]
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    med = ro["median_s"]
+    lines += [
+        "",
+        f"Read-out time: `run_lens` on a {ro['tokens']}-token prompt (R = {ro['rows']} rows, "
+        f"V = {ro['vocab']}, top-{st['top_k']}), {_calls(st['repeats'])} per lens after a "
+        "warm-up, taking turns; medians: logit lens "
+        f"{med['logit']['wall']:.2f} s wall / {med['logit']['cpu']:.2f} s CPU, tuned lens "
+        f"{med['tuned']['wall']:.2f} s / {med['tuned']['cpu']:.2f} s; row "
+        + ('"out" the same' if ro["out_row_equal"] else '"out" DIFFERENT')
+        + " with both.",
+        "",
+        "Targets:",
+        "",
+        f"- Training the default lens: {tr['wall_s'] / 60:.1f} min (target <= "
+        f"{tg['train_s'] / 60:.0f} min): {'met' if tr['met'] else 'MISSED'}.",
+    ]
+    for region, s in summ.items():
+        lines.append(
+            f"- Mean KL over rows 1..{len(names) - 2}, {region} positions: {s['reduction_pct']:.0f}% "
+            f"lower with the tuned lens (target >= {tg['reduction_pct']:.0f}%): "
+            f"{'met' if s['met'] else 'MISSED'}."
+        )
+    lines.append(
+        f"- Read-out time, tuned / logit lens: {ro['ratio']['wall']:.2f}x wall "
+        f"({ro['ratio']['cpu']:.2f}x CPU; target <= {tg['readout_ratio']:.2f}x): "
+        f"{'met' if ro['met'] else 'MISSED'}."
+    )
+    return "\n".join(lines)
+
+
 def cuda_static(data: dict[str, Any]) -> str:
     """cuda_static.json: registers and main-loop size of each CUDA kernel."""
     lines = [
@@ -526,6 +631,7 @@ RENDERERS = {
     "bench_lens": lens,
     "bench_sweep": sweep,
     "bench_dataset": dataset,
+    "bench_lenses": tuned_lens,
     "cuda_static": cuda_static,
 }
 
