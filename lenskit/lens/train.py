@@ -60,13 +60,8 @@ from lenskit.lens.train_options import (
 )
 from lenskit.lens.tuned import TunedLens, unembed_hash
 from lenskit.model.architecture import context_length, find_readout, model_name
-from lenskit.model.forward_pass import (
-    cache_kwarg,
-    eos_token_ids,
-    forward,
-    hidden_states_forward,
-    model_device,
-)
+from lenskit.model.forward_pass import eos_token_ids, hidden_states_forward, model_device
+from lenskit.model.generate import sample_batch
 from lenskit.progress import Progress, progress_reporter, scaled
 from lenskit.text.prompts import encode_prompt
 
@@ -90,6 +85,9 @@ TRANSCRIPTS_FILE = "transcripts.pt"
 HELDOUT_FILE = "heldout.pt"
 
 Record = dict[str, torch.Tensor]
+
+#: Prompts whose replies are sampled together (one left-padded batch with a KV cache).
+_SAMPLE_BATCH = 16
 
 
 @dataclass
@@ -117,31 +115,6 @@ class TrainingLog:
 # --------------------------------------------------------------------------------------------
 
 
-def _sample_reply(model: Any, ids: list[int], n_new: int, stop: set[int], seed: int) -> list[int]:
-    """A reply sampled at temperature 1 with a KV cache; the CPU generator makes it the same
-    on every device."""
-    gen = torch.Generator().manual_seed(seed)
-    device = model_device(model)
-    x = torch.tensor([ids], dtype=torch.long, device=device)
-    out = forward(model, x, n_last=1, use_cache=True)
-    reply: list[int] = []
-    while True:
-        probs = torch.softmax(out.logits[0, -1].float().cpu(), dim=-1)
-        token = int(torch.multinomial(probs, 1, generator=gen))
-        reply.append(token)
-        if len(reply) >= n_new or token in stop:
-            return reply
-        cache = getattr(out, "cache", None)
-        if cache is None:
-            cache = getattr(out, "past_key_values", None)
-        step = torch.tensor([[token]], dtype=torch.long, device=device)
-        if cache is None:
-            x = torch.cat([x, step], dim=1)
-            out = forward(model, x, n_last=1, use_cache=False)
-        else:
-            out = forward(model, step, n_last=1, use_cache=True, **{cache_kwarg(model): cache})
-
-
 @torch.no_grad()
 def chat_transcripts(
     model: Any,
@@ -152,25 +125,34 @@ def chat_transcripts(
     reply_tokens: int = 64,
     report: Progress | None = None,
 ) -> list[Record]:
-    """Each prompt in the chat template plus a reply the model samples (seed, prompt index),
-    as records ``{"input_ids", "template_mask", "user_mask"}``."""
+    """Each prompt in the chat template plus a reply the model samples (seed, prompt index;
+    :func:`~lenskit.model.generate.sample_batch`, 16 prompts at a time), as records
+    ``{"input_ids", "template_mask", "user_mask"}``."""
     stop = eos_token_ids(model, tokenizer)
     ctx = context_length(model)
+    encoded = [
+        encode_prompt(tokenizer, item.prompt, chat=True, system=item.system) for item in prompts
+    ]
     records = []
-    for i, item in enumerate(prompts):
-        enc = encode_prompt(tokenizer, item.prompt, chat=True, system=item.system)
-        n_new = reply_tokens if ctx is None else min(reply_tokens, ctx - len(enc))
-        reply = _sample_reply(model, enc.input_ids, n_new, stop, seed * 1_000_003 + i)
-        n = len(enc) + len(reply)
-        template = torch.zeros(n, dtype=torch.bool)
-        template[list(enc.template_positions)] = True
-        user = torch.zeros(n, dtype=torch.bool)
-        if enc.user_span is not None:
-            user[enc.user_span[0] : enc.user_span[1]] = True
-        ids = torch.tensor(enc.input_ids + reply, dtype=torch.long)
-        records.append({"input_ids": ids, "template_mask": template, "user_mask": user})
+    for start in range(0, len(encoded), _SAMPLE_BATCH):
+        batch = encoded[start : start + _SAMPLE_BATCH]
+        limits = [reply_tokens if ctx is None else min(reply_tokens, ctx - len(e)) for e in batch]
+        seeds = [seed * 1_000_003 + start + j for j in range(len(batch))]
+        replies = sample_batch(
+            model, [e.input_ids for e in batch], limits, seeds, eos_token_ids=stop
+        )
+        for enc, reply in zip(batch, replies, strict=True):
+            n = len(enc) + len(reply)
+            template = torch.zeros(n, dtype=torch.bool)
+            template[list(enc.template_positions)] = True
+            user = torch.zeros(n, dtype=torch.bool)
+            if enc.user_span is not None:
+                user[enc.user_span[0] : enc.user_span[1]] = True
+            ids = torch.tensor(enc.input_ids + reply, dtype=torch.long)
+            records.append({"input_ids": ids, "template_mask": template, "user_mask": user})
+        done = start + len(batch)
         if report is not None:
-            report((i + 1) / len(prompts), f"Sampling replies {i + 1}/{len(prompts)}")
+            report(done / len(encoded), f"Sampling replies {done}/{len(encoded)}")
     return records
 
 

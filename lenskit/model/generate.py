@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -18,7 +18,7 @@ from lenskit.model.forward_pass import (
 )
 from lenskit.requests import MAX_NEW_TOKENS
 
-__all__ = ["greedy_generate", "greedy_generate_batch"]
+__all__ = ["greedy_generate", "greedy_generate_batch", "sample_batch"]
 
 
 @torch.no_grad()
@@ -100,8 +100,54 @@ def greedy_generate_batch(
         B lists of generated ids, each ``1 <= G_b <= max_new_tokens``.
     """
     n_new = MAX_NEW_TOKENS.check(max_new_tokens, GenerationLengthError)
+    return _decode_batch(
+        model, prompts, n_new, lambda logits: logits.argmax(-1), eos_token_ids, pad_token_id
+    )
+
+
+@torch.no_grad()
+def sample_batch(
+    model: nn.Module,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: Sequence[int] | int,
+    seeds: Sequence[int],
+    *,
+    eos_token_ids: Iterable[int] | None = None,
+) -> list[list[int]]:
+    """Replies sampled at temperature 1 for several prompts at once (as
+    :func:`greedy_generate_batch`, with no upper limit on the length).
+
+    Row b draws from a CPU generator seeded with ``seeds[b]``, so its reply does not depend
+    on the device or on which prompts share its batch (up to float rounding of the padded
+    batch). ``max_new_tokens``: one limit for all rows or one per row (each >= 1).
+    """
+    limits = (
+        [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
+    )
+    if len(limits) != len(prompts) or len(seeds) != len(prompts) or min(limits, default=1) < 1:
+        raise InterventionError("sample_batch needs one seed and a limit >= 1 per prompt")
+    gens = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
+
+    def choose(logits: torch.Tensor) -> torch.Tensor:
+        probs = torch.softmax(logits.float().cpu(), dim=-1)
+        picks = [torch.multinomial(probs[b], 1, generator=g) for b, g in enumerate(gens)]
+        return torch.cat(picks).to(logits.device)
+
+    return _decode_batch(model, prompts, limits, choose, eos_token_ids, None)
+
+
+def _decode_batch(
+    model: nn.Module,
+    prompts: Sequence[Sequence[int]],
+    limits: int | Sequence[int],
+    choose: Callable[[torch.Tensor], torch.Tensor],
+    eos_token_ids: Iterable[int] | None,
+    pad_token_id: int | None,
+) -> list[list[int]]:
+    """The decode loop of a left-padded batch; ``choose(logits [B, V]) -> ids [B]``."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise InterventionError("cannot generate from an empty prompt")
+    limit = [limits] * len(prompts) if isinstance(limits, int) else list(limits)
     stop = set(eos_token_ids) if eos_token_ids is not None else eos_token_ids_of(model)
     pad = pad_token_id if pad_token_id is not None else min(stop, default=0)
     ids, mask, positions = padded_batch(prompts, pad, model_device(model))
@@ -109,12 +155,12 @@ def greedy_generate_batch(
     out = forward(model, ids, n_last=1, use_cache=True, **_batch_kwargs(model, mask, positions))
     generated: list[list[int]] = [[] for _ in prompts]
     done = [False] * len(prompts)
-    for _ in range(n_new):
-        next_ids = out.logits[:, -1].argmax(-1)
+    for _ in range(max(limit)):
+        next_ids = choose(out.logits[:, -1])
         for b, token in enumerate(next_ids.tolist()):
             if not done[b]:
                 generated[b].append(int(token))
-                done[b] = token in stop or len(generated[b]) >= n_new
+                done[b] = token in stop or len(generated[b]) >= limit[b]
         if all(done):
             break
         cache = getattr(out, "cache", None)
