@@ -9,6 +9,11 @@
   and every session gets its own copy.
 * :func:`prompt_set` (``st.cache_data``): a dataset page's prompt set, the bundled one or an
   uploaded file's, keyed by the file's bytes.
+* :func:`lens_object` (``st.cache_resource``): the lens of a sidebar choice on a model, loaded
+  once per (model, resolved choice: :func:`lenskit.ui.lenses.resolve`); the computations above
+  take the resolved choice as part of their key and put the lens object into the request
+  (:func:`with_lens`). :func:`fidelity` (``st.cache_data``): the fidelity report of the logit
+  lens vs a tuned lens, once per (model, lens).
 
 The progress bars of the cached functions are made inside them: Streamlit replays the
 elements a cached function made when it answers from the cache, so a bar made outside and
@@ -30,15 +35,21 @@ import streamlit as st
 import lenskit
 from lenskit.dataset import BUNDLED, PromptSet, load_prompts
 from lenskit.errors import LenskitError
+from lenskit.lens import FidelityReport, Lens, LogitLens
 from lenskit.model import ModelPool, default_device, model_device
 from lenskit.progress import Progress
 from lenskit.requests import LensRequest, PairwiseRequest, SweepRequest
 from lenskit.results import LensResult, PairwiseKL, SweepReport
-from lenskit.ui.state import ModelRef
+from lenskit.ui import lenses
+from lenskit.ui.lenses import LOGIT
+from lenskit.ui.state import LensChoice, ModelRef
 from lenskit.ui.text import md_escape
 
 __all__ = [
     "bar_progress",
+    "fidelity",
+    "lens_key",
+    "lens_object",
     "lens_result",
     "load",
     "model_pool",
@@ -46,6 +57,7 @@ __all__ = [
     "pairwise_kl",
     "prompt_set",
     "sweep_report",
+    "with_lens",
 ]
 
 #: The environment variable that says what "default" loads (read by lenskit.load_model).
@@ -94,30 +106,67 @@ def device_of(model: Any) -> str:
     return str(model_device(model))
 
 
-def _run(ref: ModelRef, request: Any, text: str) -> Any:
+def lens_key(ref: ModelRef, choice: LensChoice) -> LensChoice:
+    """``choice`` resolved on ``ref``'s model (loaded if it is not): the cache key of the
+    computations through that lens (:func:`lenskit.ui.lenses.resolve`)."""
+    model, _ = load(ref)
+    return lenses.resolve(choice, model)
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def lens_object(ref: ModelRef, lens: LensChoice) -> Lens:
+    """The lens of a resolved choice on ``ref``'s model, loaded once (shared by the sessions:
+    lenses are only read). Raises :class:`~lenskit.errors.InputError` with what to do when it
+    cannot be loaded (nothing is cached then)."""
+    model, _ = load(ref)
+    return lenses.load(lens, model)
+
+
+def with_lens(ref: ModelRef, request: Any, lens: LensChoice) -> Any:
+    """``request`` with the lens object of a resolved choice in its ``lens`` field."""
+    return replace(request, lens=lens_object(ref, lens))
+
+
+def _run(ref: ModelRef, request: Any, lens: LensChoice, text: str) -> Any:
     model, tokenizer = load(ref)
+    request = with_lens(ref, request, lens)
     with _progress_bar(text) as progress:
         return lenskit.run(model, tokenizer, request, progress=progress)
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
-def lens_result(ref: ModelRef, request: LensRequest) -> LensResult:
-    """The logit lens of ``request`` on ``ref``'s model."""
-    return _run(ref, request, "Reading out every layer\u2026")
+def lens_result(ref: ModelRef, request: LensRequest, lens: LensChoice = LOGIT) -> LensResult:
+    """The lens of ``request`` on ``ref``'s model, read through ``lens`` (resolved)."""
+    return _run(ref, request, lens, "Reading out every layer\u2026")
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
-def sweep_report(ref: ModelRef, request: SweepRequest) -> SweepReport:
+def sweep_report(ref: ModelRef, request: SweepRequest, lens: LensChoice = LOGIT) -> SweepReport:
     """The sweep of ``request`` (and the lens over its generation) on ``ref``'s model."""
     text = "Generating, then sweeping the blocks\u2026"
-    return _run(ref, request, text)
+    return _run(ref, request, lens, text)
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
-def pairwise_kl(ref: ModelRef, request: PairwiseRequest) -> PairwiseKL:
+def pairwise_kl(ref: ModelRef, request: PairwiseRequest, lens: LensChoice = LOGIT) -> PairwiseKL:
     """KL between every pair of read-out rows at one position."""
     model, tokenizer = load(ref)
-    return lenskit.run(model, tokenizer, request)
+    return lenskit.run(model, tokenizer, with_lens(ref, request, lens))
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def fidelity(ref: ModelRef, lens: LensChoice) -> tuple[FidelityReport, str]:
+    """The logit lens and the lens of a resolved choice side by side
+    (:func:`lenskit.lens_fidelity`) on held-out transcripts
+    (:func:`lenskit.ui.lenses.fidelity_data`), and what those are in words."""
+    model, tokenizer = load(ref)
+    tuned = lens_object(ref, lens)
+    data, source = lenses.fidelity_data(lens, tuned)
+    with _progress_bar("Reading held-out transcripts through both lenses\u2026") as progress:
+        report = lenskit.lens_fidelity(
+            model, tokenizer, [LogitLens(), tuned], data, progress=progress
+        )
+    return report, source
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
@@ -141,8 +190,8 @@ def prompt_set(source: str, data: bytes | None, skip_invalid: bool = False) -> P
     return replace(prompts, source=name)
 
 
-#: The cached computation of each kind of run.
-COMPUTE: dict[str, Callable[[ModelRef, Any], Any]] = {
+#: The cached computation of each kind of run: ``(model, request, resolved lens) -> result``.
+COMPUTE: dict[str, Callable[[ModelRef, Any, LensChoice], Any]] = {
     "lens": lens_result,
     "sweep": sweep_report,
 }

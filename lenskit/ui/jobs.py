@@ -14,6 +14,12 @@ The job lives in the session's state, so the user may switch pages and come back
 :func:`start_dataset_run` starts a dataset run (:func:`lenskit.dataset.dataset_result`) this
 way, into a temporary output directory of its own that lives as long as its result
 (:class:`DatasetRun`), so that the library's resume / overwrite rules never meet another run.
+
+:func:`start_training` trains a model's own tuned lens into lenskit's cache
+(:func:`lenskit.lens.store.train_cached_lens`) this way. Trainings are kept per lens
+directory for the whole process (:func:`training_job`), not per session: every session sees a
+training going on, none starts a second into the same directory, and a stopped or killed one
+resumes from its last checkpoint when it is started again.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ from typing import Any, Generic, TypeVar
 
 from lenskit.dataset import DatasetResult, PromptSet, dataset_result, prompt_items
 from lenskit.errors import LenskitError
+from lenskit.lens.store import train_cached_lens
+from lenskit.lens.tuned import TunedLens
 from lenskit.progress import Progress
 from lenskit.requests import DatasetRequest
 
@@ -37,6 +45,8 @@ __all__ = [
     "Snapshot",
     "first_prompts",
     "start_dataset_run",
+    "start_training",
+    "training_job",
 ]
 
 T = TypeVar("T")
@@ -181,3 +191,32 @@ def start_dataset_run(
     :meth:`DatasetRun.close`)."""
     work = _dataset_work(model, tokenizer, first_prompts(prompts, limit), request)
     return BackgroundJob(work, "lenskit-dataset").start()
+
+
+#: The trainings of the process by lens directory (the last one of each), and their lock.
+_TRAININGS: dict[str, BackgroundJob[TunedLens]] = {}
+_TRAININGS_LOCK = threading.Lock()
+
+
+def training_job(directory: str) -> BackgroundJob[TunedLens] | None:
+    """The last training started into ``directory`` in this process (running or done)."""
+    with _TRAININGS_LOCK:
+        return _TRAININGS.get(directory)
+
+
+def start_training(
+    model: Any, tokenizer: Any, directory: str, options: dict[str, Any]
+) -> BackgroundJob[TunedLens]:
+    """Train ``model``'s own lens with ``options`` into lenskit's cache (``directory`` is
+    :func:`lenskit.lens.store.lens_cache_dir` of them) in the background, resuming an
+    unfinished run there; the training already going on into ``directory`` if there is one."""
+    with _TRAININGS_LOCK:
+        job = _TRAININGS.get(directory)
+        if job is not None and not job.done:
+            return job
+
+        def work(progress: Progress) -> TunedLens:
+            return train_cached_lens(model, tokenizer, progress=progress, **options)
+
+        job = _TRAININGS[directory] = BackgroundJob(work, "lenskit-train-lens").start()
+        return job

@@ -16,7 +16,7 @@ import streamlit as st
 from lenskit import charts
 from lenskit.errors import LenskitError
 from lenskit.results import LensResult
-from lenskit.ui import cached
+from lenskit.ui import cached, lenses
 from lenskit.ui.state import AppState, Job, Keys, Kind, Message, app_state
 from lenskit.ui.text import error_message, md_escape, show_prompt
 from lenskit.ui.widgets import clear_selection
@@ -37,7 +37,8 @@ def messages_of(state: AppState, kind: Kind) -> list[Message]:
 
 
 def _compute(job: Job, status: Any) -> Any:
-    """Load the model (progress bar), then run the cached computation."""
+    """Load the model (progress bar), then run the cached computation through the job's lens
+    (resolved on the model: its directory and file stamp are part of the cache key)."""
     bar = st.progress(0.0, text="Loading the model\u2026")
     try:
         model, _ = cached.load(job.model, progress=cached.bar_progress(bar))
@@ -46,7 +47,7 @@ def _compute(job: Job, status: Any) -> Any:
     app_state().model_device = cached.device_of(model)
     # expanded=True again: update() without it collapses the box and hides the progress bars.
     status.update(label=STAGES[job.kind], expanded=True)
-    return cached.COMPUTE[job.kind](job.model, job.request)
+    return cached.COMPUTE[job.kind](job.model, job.request, lenses.resolve(job.lens, model))
 
 
 def execute(job: Job, keep: Callable[[Any], None]) -> bool:

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 import streamlit as st
 
-from lenskit.ui import runner, sidebar
+from lenskit.ui import lens_panel, runner, sidebar
 from lenskit.ui.state import app_state
 
 __all__ = ["frame", "guard"]
@@ -15,10 +15,11 @@ __all__ = ["frame", "guard"]
 
 def frame() -> None:
     """Draw the sidebar and run the logit lens when asked to (the form's button, an example,
-    "Run again", or the app's first open, which runs the first example); otherwise say if
-    the last run was interrupted. Both pages show the lens run's result and messages."""
+    a change of the lens, "Run again", or the app's first open, which runs the first
+    example); otherwise say if the last run was interrupted. Then the lens's status in the
+    sidebar (the model is loaded by now). Every page shows the lens run's messages."""
     state = app_state()
-    submitted, device_slot = sidebar.draw()
+    submitted, device_slot, lens_slot = sidebar.draw()
     first_open = not state.started
     state.started = True
     again = runner.take_rerun("lens")
@@ -31,6 +32,7 @@ def frame() -> None:
     else:
         runner.interrupted_notice("lens", has_result=state.lens.result is not None)
     sidebar.show_device(device_slot)
+    lens_panel.draw_status(lens_slot)
 
 
 @contextmanager

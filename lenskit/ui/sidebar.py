@@ -1,4 +1,5 @@
-"""The sidebar: example prompts and the logit-lens form (typing does not rerun; the button does).
+"""The sidebar: example prompts, the logit-lens form (typing does not rerun; the button does)
+and, below it, the lens (:mod:`lenskit.ui.lens_panel`).
 
 The form's fields become a :class:`~lenskit.requests.LensRequest`, which checks them; the
 sidebar holds no ranges or rules of its own (the top-k field's label, default and help come
@@ -14,6 +15,7 @@ import streamlit as st
 from lenskit.errors import LenskitError
 from lenskit.model import DEVICE_ENV
 from lenskit.requests import TOP_K, LensRequest
+from lenskit.ui import lens_panel
 from lenskit.ui.cached import model_ref
 from lenskit.ui.examples import EXAMPLES
 from lenskit.ui.state import Job, Keys, app_state
@@ -85,9 +87,10 @@ def _form_fields() -> None:
     )
 
 
-def draw() -> tuple[bool, Any]:
-    """The sidebar; returns whether the form was submitted (or an example picked) and the
-    slot of the device caption (filled by :func:`show_device` after the run)."""
+def draw() -> tuple[bool, Any, Any]:
+    """The sidebar; returns whether the form was submitted (or an example picked, or the lens
+    changed), the slot of the device caption (filled by :func:`show_device` after the run)
+    and that of the lens's status (:func:`lenskit.ui.lens_panel.draw_status`)."""
     for key, value in FORM_DEFAULTS.items():
         st.session_state.setdefault(key, value)
     with st.sidebar:
@@ -107,14 +110,15 @@ def draw() -> tuple[bool, Any]:
             submitted = st.form_submit_button(
                 "Run logit lens", type="primary", width="stretch", key=Keys.LENS_SUBMIT
             )
+        lens_slot = lens_panel.draw_choice()
     state = app_state()
     requested, state.run_requested = state.run_requested, False
-    return bool(submitted or requested), device_slot
+    return bool(submitted or requested), device_slot, lens_slot
 
 
 def form_job() -> Job | None:
-    """The form's request on its model; None (with the library's message queued) when the
-    request is refused."""
+    """The form's request on its model through the sidebar's lens; None (with the library's
+    message queued) when the request is refused."""
     ss = st.session_state
     spec = "default" if ss[Keys.MODEL_CHOICE] == "default" else ss[Keys.MODEL_PATH].strip()
     system = ss[Keys.SYSTEM]
@@ -126,11 +130,12 @@ def form_job() -> Job | None:
             top_k=ss[Keys.TOP_K],
             # " " is a token too: only an empty field means no target.
             target=ss[Keys.TARGET] if ss[Keys.TARGET] != "" else None,
+            sublayers=lens_panel.sublayers(),
         )
     except LenskitError as exc:
         app_state().lens.messages.append(error_message(exc))
         return None
-    return Job("lens", model_ref(spec), request)
+    return Job("lens", model_ref(spec), request, lens_panel.choice())
 
 
 def show_device(slot: Any) -> None:

@@ -26,6 +26,7 @@ __all__ = [
     "DatasetState",
     "Job",
     "Keys",
+    "LensChoice",
     "LensState",
     "Message",
     "ModelRef",
@@ -38,6 +39,7 @@ STATE_KEY = "lenskit_app"
 
 Level = Literal["error", "warning", "info"]
 Kind = Literal["lens", "sweep"]
+LensKind = Literal["logit", "cached", "dir"]
 
 
 class Keys:
@@ -53,10 +55,17 @@ class Keys:
     TOP_K = "top_k"
     TARGET = "target"
     LENS_SUBMIT = "lens_submit"
+    # Sidebar, below the form: the lens
+    LENS_CHOICE = "lens_choice"
+    LENS_DIR = "lens_dir"
+    SUBLAYERS = "sublayers"
+    LENS_TRAIN = "lens_train"
+    LENS_TRAIN_STOP = "lens_train_stop"
     # Logit-lens page
     METRIC = "metric"
     DETAIL_RANGE = "detail_range"
     DRILL_POS = "drill_pos"
+    FIDELITY = "fidelity"
     # Generation & interventions page
     SWEEP_LAYERS = "sweep_layers"
     SWEEP_MAX_NEW = "sweep_max_new"
@@ -113,13 +122,41 @@ class ModelRef:
 
 
 @dataclass(frozen=True)
+class LensChoice:
+    """Which lens reads the inner rows: the sidebar's choice, part of every job.
+
+    The request a page builds holds the logit lens in its ``lens`` field until the model is
+    loaded; then :func:`lenskit.ui.cached.lens_object` loads the chosen lens and it replaces
+    that field (:func:`lenskit.ui.cached.with_lens`). The cached computations are keyed by the
+    choice *resolved* (:func:`lenskit.ui.lenses.resolve`): ``path`` and ``stamp`` filled in.
+
+    Attributes:
+        kind: ``"logit"``; ``"cached"`` (the model's own lens trained here, kept in lenskit's
+            cache: :mod:`lenskit.lens.store`); ``"dir"`` (a tuned-lens directory).
+        path: the directory (for ``"dir"`` as the user typed it; once resolved, for
+            ``"cached"`` too, the cache's directory of the model's lens).
+        stamp: once resolved, the lens file's modification time (ns; 0 when it has none), so
+            that a lens trained or replaced in place is a new cache key.
+    """
+
+    kind: LensKind = "logit"
+    path: str = ""
+    stamp: int = 0
+
+    @property
+    def is_logit(self) -> bool:
+        return self.kind == "logit"
+
+
+@dataclass(frozen=True)
 class Job:
-    """One run: a request on a model. Kept as the pending run while it runs, and with its
-    result as what that result was computed for."""
+    """One run: a request on a model through a lens. Kept as the pending run while it runs,
+    and with its result as what that result was computed for."""
 
     kind: Kind
     model: ModelRef
     request: LensRequest | SweepRequest
+    lens: LensChoice = LensChoice()
 
 
 @dataclass
@@ -158,6 +195,7 @@ class DatasetSpec:
         data: the uploaded file's bytes (None for the bundled set).
         limit: only the first ``limit`` prompts (None: all).
         skip_invalid: leave the file's bad lines out instead of stopping at the first.
+        lens: the lens (``request.lens`` is the logit lens until the run starts).
     """
 
     model: ModelRef
@@ -166,6 +204,7 @@ class DatasetSpec:
     data: bytes | None = field(default=None, repr=False)
     limit: int | None = None
     skip_invalid: bool = False
+    lens: LensChoice = LensChoice()
 
 
 @dataclass
@@ -216,6 +255,8 @@ class AppState:
         rerun: a kind whose pending run the user asked to run again.
         run_requested: run the sidebar's form on this script run (an example was picked).
         started: the first script run is done (it runs the example prompt).
+        training: the lens directory of the training this session started
+            (:func:`lenskit.ui.jobs.training_job`), until its lens is first run.
         model_device: where the last loaded model lives (e.g. "cpu"), for the sidebar.
         chart_generation: remount counters of the charts with selections (see
             :func:`lenskit.ui.widgets.chart_key`).
@@ -228,6 +269,7 @@ class AppState:
     rerun: Kind | None = None
     run_requested: bool = False
     started: bool = False
+    training: str | None = None
     model_device: str | None = None
     chart_generation: dict[str, int] = field(default_factory=dict)
 

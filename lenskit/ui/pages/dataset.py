@@ -25,8 +25,9 @@ from lenskit.dataset import BUNDLED, FORMATS, HIT_KS, RATE_STATS, DatasetResult,
 from lenskit.errors import LenskitError, TargetError
 from lenskit.requests import DatasetRequest, IntOption
 from lenskit.text import byte_level_vocabulary, format_token, target_token_id, vocab_strings
-from lenskit.ui import cached, jobs
+from lenskit.ui import cached, jobs, lens_panel, lenses
 from lenskit.ui.downloads import chart_downloads
+from lenskit.ui.lens_panel import run_model
 from lenskit.ui.pages import PAGES
 from lenskit.ui.state import DatasetSpec, DatasetState, Keys, Message, ModelRef, app_state
 from lenskit.ui.text import error_message, has_error, md_escape, show_messages
@@ -147,16 +148,6 @@ def _form(running: bool) -> bool:
         )  # fmt: skip
 
 
-def _model() -> ModelRef:
-    """The model of the sidebar: the last logit-lens run's, else the form's choice."""
-    job = app_state().lens.job
-    if job is not None:
-        return job.model
-    ss = st.session_state
-    choice = ss.get(Keys.MODEL_CHOICE, "default")
-    return cached.model_ref("default" if choice == "default" else ss[Keys.MODEL_PATH].strip())
-
-
 def _spec(name: str, data: bytes | None, skip: bool, messages: list[Message]) -> DatasetSpec | None:
     """The form as a run; None (with a message) when it cannot run."""
     ss = st.session_state
@@ -176,7 +167,7 @@ def _spec(name: str, data: bytes | None, skip: bool, messages: list[Message]) ->
         messages.append(error_message(exc))
         return None
     limit = None if limit is None else int(limit)
-    return DatasetSpec(_model(), request, name, data, limit, skip)
+    return DatasetSpec(run_model(), request, name, data, limit, skip, lens_panel.choice())
 
 
 # --- the run ---------------------------------------------------------------------------------
@@ -200,7 +191,8 @@ def _start(spec: DatasetSpec) -> None:
     ds.pending, ds.bug = spec, None
     try:
         prompts = cached.prompt_set(spec.source, spec.data, spec.skip_invalid)
-        model, tokenizer = _load(spec.model)
+        model, tokenizer = _load(spec.model)  # then the sidebar's lens object goes in
+        request = cached.with_lens(spec.model, spec.request, lenses.resolve(spec.lens, model))
     except LenskitError as exc:
         ds.pending = None
         ds.messages.append(error_message(exc))
@@ -208,7 +200,7 @@ def _start(spec: DatasetSpec) -> None:
     except Exception:
         ds.pending = None  # a bug, not an interruption
         raise
-    ds.job = jobs.start_dataset_run(model, tokenizer, prompts, spec.request, spec.limit)
+    ds.job = jobs.start_dataset_run(model, tokenizer, prompts, request, spec.limit)
     ds.running, ds.pending = spec, None
 
 
@@ -280,7 +272,8 @@ def _run_caption(spec: DatasetSpec) -> str:
     source = SOURCES["bundled"] if spec.data is None else md_escape(spec.source)
     first = f"the first {spec.limit} prompts of " if spec.limit else ""
     check = " with the causal check" if spec.request.sweep else ""
-    return f"{first}{source} on {md_escape(spec.model.spec)}{check}"
+    lens = "" if spec.lens.is_logit else f" through the {md_escape(lenses.describe(spec.lens))}"
+    return f"{first}{source} on {md_escape(spec.model.spec)}{lens}{check}"
 
 
 # --- the result ------------------------------------------------------------------------------
@@ -569,7 +562,7 @@ def render() -> None:
     show_messages(state.lens.messages)  # the sidebar's run may be started from this page
     st.caption(
         "The logit lens at the user's last tokens and the chat template's tokens, summed over "
-        f"a set of prompts, on the sidebar's model ({md_escape(_model().spec)})."
+        f"a set of prompts, on the sidebar's model ({md_escape(run_model().spec)})."
     )
     _collect(ds)
     name, data, skip = _source()

@@ -1,5 +1,5 @@
 """The logit-lens page: overview heatmap with a brush, labelled detail view, per-position
-drill-down, exports.
+drill-down, exports; with a tuned lens, its fidelity next to the logit lens's.
 
 The views below the colour selector form one fragment: brushing the overview, moving the
 detail range, clicking a cell or picking a position reruns them alone, not the whole page.
@@ -15,8 +15,10 @@ import streamlit as st
 from lenskit import charts
 from lenskit.errors import InputError
 from lenskit.results import LensResult
+from lenskit.ui import lenses
 from lenskit.ui.downloads import chart_downloads, data_downloads
-from lenskit.ui.state import Keys, app_state
+from lenskit.ui.lens_panel import fidelity_panel
+from lenskit.ui.state import Keys, LensChoice, app_state
 from lenskit.ui.text import has_error, md_escape, position_label, show_messages, show_prompt
 from lenskit.ui.widgets import chart_key, clear_selection, position_select
 
@@ -29,15 +31,21 @@ LAYER_PX, TOKEN_PX, PROB_PX, NUMBER_PX = 56, 88, 70, 60
 TABLE_PX = LAYER_PX + 5 * TOKEN_PX + 6 * PROB_PX + 3 * NUMBER_PX
 
 
-def summary(result: LensResult) -> str:
-    """The caption above the charts: model, tokens, read-out rows, vocabulary."""
-    blocks = [str(x) for x in result.layer_names[1:-1]]
-    rows = ", ".join(["emb", *([charts.describe_range(map(int, blocks))] if blocks else []), "out"])
+def summary(result: LensResult, lens: LensChoice | None = None) -> str:
+    """The caption above the charts: model, lens, tokens, read-out rows, vocabulary."""
+    inner = [str(x) for x in result.layer_names[1:-1]]
+    blocks = [x for x in inner if x.isdigit()]
+    parts = ["emb", *([charts.describe_range(map(int, blocks))] if blocks else [])]
+    if len(inner) > len(blocks):
+        parts.append(f"{len(inner) - len(blocks)} after attention (i.attn)")
+    rows = ", ".join([*parts, "out"])
     t = result.n_positions
     chat = "chat template" if result.chat else "raw text"
+    named = lenses.describe(lens) if lens is not None else f"{result.lens} lens"
     return (
-        f"Model: {md_escape(result.model_name or '?')} \u00b7 {t} token{'s' if t != 1 else ''} "
-        f"({chat}) \u00b7 {result.n_rows} read-outs ({rows}) \u00b7 V = {result.vocab_size}"
+        f"Model: {md_escape(result.model_name or '?')} \u00b7 {md_escape(named)} \u00b7 "
+        f"{t} token{'s' if t != 1 else ''} ({chat}) \u00b7 {result.n_rows} read-outs ({rows}) "
+        f"\u00b7 V = {result.vocab_size}"
     )
 
 
@@ -219,8 +227,10 @@ def render() -> None:
         return
     if has_error(state.messages):
         st.caption("Showing the last good result.")
-    st.caption(summary(result))
+    st.caption(summary(result, state.job.lens if state.job is not None else None))
     show_prompt(result.prompt, result.system)
+    if state.job is not None:
+        fidelity_panel(state.job)
     _views(result, _metric(result))
 
 

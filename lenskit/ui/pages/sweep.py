@@ -46,6 +46,11 @@ def _request_default(name: str) -> Any:
     return next(f.default for f in fields(SweepRequest) if f.name == name)
 
 
+def _n_blocks(lens: LensResult) -> int:
+    """The model's blocks: the lens result's rows but emb and the sub-block rows "i.attn"."""
+    return sum(1 for name in lens.layer_names if str(name).isdigit()) + 1
+
+
 def _sync_inputs(lens: LensResult) -> None:
     """Defaults, and inputs that no longer fit the current model or prompt, before the widgets.
 
@@ -58,7 +63,7 @@ def _sync_inputs(lens: LensResult) -> None:
     ss.setdefault(Keys.SWEEP_INTERVENTION, _request_default("intervention"))
     ss.setdefault(Keys.SWEEP_POS_MODE, _request_default("positions"))
     ss.setdefault(Keys.SWEEP_POSITIONS, [])
-    n_blocks = lens.n_rows - 1
+    n_blocks = _n_blocks(lens)
     if state.n_blocks != n_blocks:
         state.n_blocks = n_blocks
         ss[Keys.SWEEP_LAYERS] = list(range(n_blocks))
@@ -119,7 +124,7 @@ def _number_fields() -> None:
 
 def _form(lens: LensResult) -> bool:
     """The sweep's inputs; returns whether the form was submitted."""
-    n_blocks = lens.n_rows - 1
+    n_blocks = _n_blocks(lens)
     _quick_picks(n_blocks)
     with st.form("sweep_form"):
         st.multiselect(
@@ -213,7 +218,7 @@ def _sweep_job(lens_job: Job) -> Job | None:
     except LenskitError as exc:
         messages.append(error_message(exc))
         return None
-    return Job("sweep", lens_job.model, request)
+    return Job("sweep", lens_job.model, request, lens_job.lens)
 
 
 def _keep(job: Job, report: SweepReport) -> None:
@@ -259,7 +264,8 @@ def _sweep_charts(report: SweepReport) -> None:
     )
     sweep_chart = charts.sweep_heatmap(report.sweep, scale=scale)
     st.altair_chart(sweep_chart, theme=None, width="content", key="sweep_chart")
-    st.subheader("Logit lens on the generated tokens")
+    name = report.generation.result.lens if report.generation is not None else "logit"
+    st.subheader(f"{charts.lens_title(name)} on the generated tokens")
     gen_chart = None
     if report.generation is not None:
         metric = st.radio(
@@ -282,15 +288,16 @@ def _sweep_charts(report: SweepReport) -> None:
 
 def _sweep_view(report: SweepReport, job: Job, lens_job: Job) -> None:
     sweep, request = report.sweep, job.request
-    stale = (job.model, request.prompt, request.chat, request.system) != (
+    stale = (job.model, job.lens, request.prompt, request.chat, request.system) != (
         lens_job.model,
+        lens_job.lens,
         lens_job.request.prompt,
         lens_job.request.chat,
         lens_job.request.system,
     )
     if stale:
         st.caption(
-            "This sweep was computed for an earlier prompt or model (below); press "
+            "This sweep was computed for an earlier prompt, model or lens (below); press "
             "**Run sweep** to sweep the current one."
         )
         show_prompt(str(request.prompt), request.system)
@@ -310,8 +317,8 @@ def _pairwise(lens: LensResult, lens_job: Job) -> None:
     """KL between every pair of read-out rows at one position (its own selector)."""
     st.subheader("Layer \u00d7 layer KL at one position")
     st.caption(
-        "KL(p_i \u2016 p_j) between the logit-lens distributions of every pair of read-outs "
-        "(emb, blocks, out) at one prompt position; row out is the lens view's "
+        "KL(p_i \u2016 p_j) between the read-out distributions (through the lens page's lens) "
+        "of every pair of rows (emb, blocks, out) at one prompt position; row out is the lens view's "
         "KL(out \u2016 layer). Fixed 0\u2013ln V colour scale, as in the lens view."
     )
     pos = position_select(lens, Keys.PAIR_POS, position_labeller(lens))
@@ -320,6 +327,7 @@ def _pairwise(lens: LensResult, lens_job: Job) -> None:
         pair = cached.pairwise_kl(
             lens_job.model,
             PairwiseRequest(request.prompt, int(pos), chat=request.chat, system=request.system),
+            cached.lens_key(lens_job.model, lens_job.lens),
         )
     except LenskitError as exc:
         st.error(md_escape(str(exc)))
@@ -328,7 +336,8 @@ def _pairwise(lens: LensResult, lens_job: Job) -> None:
     chart = charts.layer_pairwise_heatmap(
         pair,
         vocab_size=lens.vocab_size,
-        subtitle=f"position {pos} ({token}) \u00b7 {lens.model_name or 'model'}",
+        subtitle=f"{charts.lens_title(pair.lens)} \u00b7 position {pos} ({token}) \u00b7 "
+        f"{lens.model_name or 'model'}",
     )
     st.altair_chart(chart, theme=None, width="content", key="pair_chart")
     with st.expander("Export the layer \u00d7 layer KL"):
@@ -336,7 +345,7 @@ def _pairwise(lens: LensResult, lens_job: Job) -> None:
 
 
 def _caption(lens: LensResult) -> str:
-    n_blocks, t = lens.n_rows - 1, lens.n_positions
+    n_blocks, t = _n_blocks(lens), lens.n_positions
     return (
         f"Which blocks, at which prompt positions, does the answer depend on? Model "
         f"{md_escape(lens.model_name or '?')} \u00b7 {n_blocks} block{'s' * (n_blocks != 1)} "
