@@ -1,5 +1,5 @@
-"""Command line: ``lenskit lens "PROMPT" --out result.json``, ``lenskit sweep ...`` and
-``lenskit dataset [PROMPTS] -o DIR``.
+"""Command line: ``lenskit lens "PROMPT" --out result.json``, ``lenskit sweep ...``,
+``lenskit dataset [PROMPTS] -o DIR``, ``lenskit train-lens`` and ``lenskit fidelity``.
 
 Each subcommand turns its arguments into a request (:mod:`lenskit.requests`), runs it through
 the library and writes the result. Every option's range, default, modes and messages come from
@@ -8,7 +8,8 @@ metrics, so the command line, the app and the Python API share one set of rules.
 adds belongs to a command line only (:mod:`lenskit.cli.common`).
 
 Subcommands register themselves in :data:`COMMANDS` (name -> (help, add_arguments, run)), one
-module each: :mod:`~lenskit.cli.lens`, :mod:`~lenskit.cli.sweep`, :mod:`~lenskit.cli.dataset`.
+module each: :mod:`~lenskit.cli.lens`, :mod:`~lenskit.cli.sweep`, :mod:`~lenskit.cli.dataset`,
+:mod:`~lenskit.cli.train`, :mod:`~lenskit.cli.fidelity`.
 Every :class:`~lenskit.errors.LenskitError` (a user's mistake, a model that cannot be loaded)
 is printed as one line ``lenskit: error: ...`` on stderr with exit status 2; anything else is
 a bug and keeps its traceback. Chart files (.png/.svg/.html) need the ``app`` extra (Altair,
@@ -21,7 +22,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from lenskit.cli import dataset, lens, sweep, train
+from lenskit.cli import dataset, fidelity, lens, sweep, train
 from lenskit.cli.common import (
     APP_EXTRA_MODULES,
     CHART_FORMATS,
@@ -66,6 +67,7 @@ COMMANDS: dict[
     "sweep": (sweep.HELP, sweep.add_sweep_arguments, sweep.run_sweep),
     "dataset": (dataset.HELP, dataset.add_dataset_arguments, dataset.run_dataset_command),
     "train-lens": (train.HELP, train.add_train_arguments, train.run_train),
+    "fidelity": (fidelity.HELP, fidelity.add_fidelity_arguments, fidelity.run_fidelity),
 }
 
 

@@ -29,11 +29,13 @@ __all__ = [
     "CliError",
     "ProcessError",
     "add_int_option",
+    "add_lens_argument",
     "add_model_arguments",
     "add_out_argument",
     "add_prompt_arguments",
     "chart_modules",
     "charts_for",
+    "check_lens_spec",
     "check_out",
     "int_type",
     "load_model",
@@ -44,6 +46,7 @@ __all__ = [
     "progress_flag",
     "read_prompt",
     "reraise_unless_app_extra",
+    "resolve_lens",
     "say",
     "write_data",
     "write_file",
@@ -216,6 +219,47 @@ def add_prompt_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     parser.add_argument("--raw", action="store_true", help="do not apply the chat template")
     parser.add_argument("--system", default=None, help="system prompt (chat template only)")
+
+
+def _lens_names() -> tuple[str, ...]:
+    from lenskit.lens.lenses import LENSES
+    from lenskit.lens.store import CACHED_LENS
+
+    return (*LENSES, CACHED_LENS)
+
+
+def add_lens_argument(parser: argparse.ArgumentParser, what: str = "", **kwargs: Any) -> None:
+    """``--lens SPEC``: a lens name (``logit``, the default), ``tuned`` (the model's own
+    trained lens from lenskit's cache) or a tuned-lens directory (``what``: what it reads)."""
+    parser.add_argument(
+        "--lens",
+        metavar="SPEC",
+        help=f"the lens{what}: 'logit', 'tuned' (the model's own lens, trained once by "
+        "'lenskit train-lens' without -o into lenskit's cache) or a tuned lens directory "
+        "(config.json + params.pt, tuned-lens's format)",
+        **{"default": "logit", **kwargs},
+    )
+
+
+def check_lens_spec(spec: str) -> str:
+    """``spec`` if it can name a lens (a known name or an existing directory); checked before
+    the model loads. Whether the lens fits the model is :func:`resolve_lens`'s to say."""
+    names = _lens_names()
+    if spec in names or Path(spec).is_dir():
+        return spec
+    raise CliError(
+        f"--lens {spec!r}: no such lens; give one of {', '.join(names)} or a tuned lens "
+        "directory (holding config.json and params.pt)"
+    )
+
+
+def resolve_lens(model: Any, spec: str) -> Any:
+    """The :class:`~lenskit.lens.lenses.Lens` ``spec`` names, loaded once and checked against
+    ``model`` (:func:`lenskit.lens.tuned.load_lens`; ``tuned`` without a cached lens is an
+    InputError saying how to train it)."""
+    from lenskit.lens.tuned import load_lens
+
+    return load_lens(model, spec)
 
 
 def add_out_argument(parser: argparse.ArgumentParser, extra: str = "") -> None:

@@ -7,7 +7,8 @@ summary (``summary.json``) and the state a killed run resumes from. The prompt f
 checked before the model loads (a bad line is one error naming the file and the line), then
 checked once more against the model's context with its tokenizer. The CLI adds what belongs to
 a command line: the lines ``--skip-invalid`` left out (on stderr and in ``DIR/skipped.json``),
-a short summary on stdout and the chart files in DIR.
+a short summary on stdout and the chart files in DIR. ``--lens`` is checked before the model
+loads and resolved once after it (:func:`~lenskit.cli.common.resolve_lens`).
 
 Under torchrun (``torchrun --nproc_per_node=N -m lenskit dataset ...``) every process loads
 the model on its own device and takes its share of the prompts; only rank 0 prints and writes
@@ -21,6 +22,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,10 +33,13 @@ from lenskit.cli.common import (
     CliError,
     ProcessError,
     add_int_option,
+    add_lens_argument,
     add_model_arguments,
     chart_modules,
+    check_lens_spec,
     load_model,
     progress_flag,
+    resolve_lens,
     write_file,
 )
 from lenskit.dataset import BUNDLED, FORMATS, DatasetResult, PromptSet, load_prompts
@@ -116,6 +121,7 @@ def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_int_option(parser, DATASET_BATCH_SIZE)
     add_int_option(parser, DATASET_SEED)
+    add_lens_argument(parser, " the rows are read through")
     parser.add_argument(
         "--skip-invalid",
         action="store_true",
@@ -254,6 +260,7 @@ def _run(
 ) -> tuple[PromptSet, Any, DatasetResult]:
     """Prompts, model and the run into ``out``; a LenskitError here stops every process."""
     prompts, model, tokenizer = _prompts(args, ranks)
+    request = replace(request, lens=together(ranks, lambda: resolve_lens(model, args.lens)))
     if ranks.rank == 0:
         _report_skipped(prompts, out)
     try:
@@ -274,6 +281,7 @@ def _run(
 
 def run_dataset_command(args: argparse.Namespace) -> int:
     out = _check_dir(args.out)
+    check_lens_spec(args.lens)
     request = DatasetRequest(
         user_tokens=args.user_tokens, max_new_tokens=args.max_new_tokens, top_k=args.top_k,
         sweep=args.sweep, batch_size=args.batch_size, seed=args.seed,

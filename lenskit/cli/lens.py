@@ -2,25 +2,31 @@
 
 The arguments become a :class:`~lenskit.requests.LensRequest`, run by :func:`lenskit.run`;
 ``--range`` and ``--metric`` only shape the chart file and are checked before any work.
+``--lens`` names the lens (resolved once, after the model loads, into the request's lens
+object); ``--sublayers`` adds the rows after each block's attention (``emb, 1.attn, 1, ...``).
 """
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from typing import Any
 
 from lenskit.cli.common import (
     CliError,
     add_int_option,
+    add_lens_argument,
     add_out_argument,
     add_prompt_arguments,
     charts_for,
+    check_lens_spec,
     check_out,
     load_model,
     parse_range,
     progress_flag,
     read_prompt,
     reraise_unless_app_extra,
+    resolve_lens,
     say,
     write_data,
     write_file,
@@ -69,6 +75,14 @@ def add_lens_arguments(parser: argparse.ArgumentParser) -> None:
         "its top-1 token (at most the detail view's width). Default: the app's detail view, "
         "the end of the question and the chat-template tokens. 'all': every position "
         "(colour only when they are too many to label)",
+    )
+    add_lens_argument(parser, " every inner row is read through")
+    parser.add_argument(
+        "--sublayers",
+        action="store_true",
+        help="also the residual stream after each block's attention and before its MLP (rows "
+        "emb, 1.attn, 1, 2.attn, 2, ..., out); not for parallel-block architectures (GPT-J, "
+        "Phi-1/2, ...) nor a tuned lens",
     )
     add_out_argument(parser)
 
@@ -120,13 +134,15 @@ def run_lens(args: argparse.Namespace) -> int:
     target = args.target if args.target_id is None else args.target_id
     request = LensRequest(
         read_prompt(args.prompt), chat=not args.raw, system=args.system, top_k=args.top_k,
-        target=target,
+        target=target, sublayers=args.sublayers,
     )  # fmt: skip
     metric = _lens_metric(args, request, charts)
+    check_lens_spec(args.lens)
 
     import lenskit
 
     model, tokenizer = load_model(args)
+    request = replace(request, lens=resolve_lens(model, args.lens))
     if charts is not None and isinstance(args.range, tuple):  # before the read-out
         enc = lenskit.encode_prompt(
             tokenizer, request.prompt, chat=not args.raw, system=args.system
@@ -147,6 +163,6 @@ def run_lens(args: argparse.Namespace) -> int:
     say(
         args,
         f"wrote {out} ({result.n_rows} read-out rows x {result.n_positions} positions, "
-        f"model {result.model_name})",
+        f"{result.lens} lens, model {result.model_name})",
     )
     return 0

@@ -3,7 +3,7 @@
 The arguments become a :class:`~lenskit.requests.SweepRequest` (positions, intervention and
 seed from the request module and the intervention registry), run by :func:`lenskit.run`;
 ``--generation-lens`` also writes the lens over the prompt and the generated tokens beside
-``--out``.
+``--out``, read through ``--lens`` (resolved once, after the model loads).
 """
 
 from __future__ import annotations
@@ -11,20 +11,25 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from lenskit.cli.common import (
+    CliError,
     add_int_option,
+    add_lens_argument,
     add_out_argument,
     add_prompt_arguments,
     charts_for,
+    check_lens_spec,
     check_out,
     load_model,
     parse_layers,
     parse_positions,
     progress_flag,
     read_prompt,
+    resolve_lens,
     say,
     write_data,
     write_file,
@@ -72,6 +77,7 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
         "as NAME.generation.EXT (.json: {'n_prompt', 'result'}; .csv: one row per cell)",
     )
     add_int_option(parser, TOP_K)
+    add_lens_argument(parser, " of --generation-lens")
     add_out_argument(parser)
 
 
@@ -99,6 +105,12 @@ def run_sweep(args: argparse.Namespace) -> int:
     out = check_out(args.out)
     gen_out = check_out(generation_path(out)) if args.generation_lens else None
     charts = charts_for(out)
+    check_lens_spec(args.lens)
+    if args.lens != "logit" and not args.generation_lens:
+        raise CliError(
+            f"--lens {args.lens} is the lens over the generation: add --generation-lens (the "
+            "sweep itself reads the model's output, through no lens)"
+        )
     request = SweepRequest(
         read_prompt(args.prompt), chat=not args.raw, system=args.system,
         max_new_tokens=args.max_new_tokens, layers=args.layers, positions=args.positions,
@@ -109,6 +121,8 @@ def run_sweep(args: argparse.Namespace) -> int:
     import lenskit
 
     model, tokenizer = load_model(args)
+    if args.generation_lens:
+        request = replace(request, lens=resolve_lens(model, args.lens))
     report = lenskit.run(model, tokenizer, request, progress=progress_flag(args.quiet))
     sweep = report.sweep
     if charts is None:
@@ -131,7 +145,7 @@ def run_sweep(args: argparse.Namespace) -> int:
             write_file(gen_out, lambda p: charts.save_chart(chart, p))
         say(
             args,
-            f"wrote {gen_out} (lens over the prompt and {sweep.n_generated} generated tokens, "
-            f"{generation.result.n_rows} read-out rows)",
+            f"wrote {gen_out} ({generation.result.lens} lens over the prompt and "
+            f"{sweep.n_generated} generated tokens, {generation.result.n_rows} read-out rows)",
         )
     return 0
