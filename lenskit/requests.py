@@ -347,9 +347,9 @@ class DatasetRequest:
         check_lens(self.lens)
 
     def options(self) -> dict[str, Any]:
-        """The options as plain JSON values (the lens by name): what a run directory's state
-        records, so that a resumed run must use the same ones."""
-        from lenskit.lens.lenses import lens_name
+        """The options as plain JSON values (the lens by name and identity): what a run
+        directory's state records, so that a resumed run must use the same ones."""
+        from lenskit.lens.lenses import lens_identity, lens_name
 
         return {
             "user_tokens": self.user_tokens,
@@ -358,6 +358,7 @@ class DatasetRequest:
             "sweep": bool(self.sweep),
             "seed": self.seed,
             "lens": lens_name(self.lens),
+            "lens_identity": lens_identity(self.lens),
         }
 
 

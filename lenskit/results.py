@@ -229,6 +229,7 @@ class LensResult(ResultRecord):
         data: dict[str, Any] = {
             "layer_index": layer_idx,
             "layer": self.layer_names[layer_idx],
+            "lens": self.lens,
             "position": pos,
             "token_id": self.token_ids[pos],
             "token": self.tokens[pos],

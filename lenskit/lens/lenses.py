@@ -16,7 +16,15 @@ import torch
 
 from lenskit.errors import InputError
 
-__all__ = ["LENSES", "Lens", "LogitLens", "check_lens", "get_lens", "lens_name"]
+__all__ = [
+    "LENSES",
+    "Lens",
+    "LogitLens",
+    "check_lens",
+    "get_lens",
+    "lens_identity",
+    "lens_name",
+]
 
 
 class Lens:
@@ -30,6 +38,12 @@ class Lens:
 
     name: str = "lens"
     supports_sublayers: bool = False
+
+    @property
+    def identity(self) -> str:
+        """What tells this lens from another of the same name (a tuned lens: a hash of its
+        parameters); a resumed dataset run must read through the same lens."""
+        return self.name
 
     def check(self, model: Any) -> None:
         """Raise :class:`~lenskit.errors.InputError` when the lens does not fit ``model``."""
@@ -76,3 +90,8 @@ def get_lens(spec: str | Lens | None) -> Lens:
 def lens_name(spec: str | Lens | None) -> str:
     """The name of a lens spec (None: "logit")."""
     return get_lens(spec).name
+
+
+def lens_identity(spec: str | Lens | None) -> str:
+    """The :attr:`Lens.identity` of a lens spec (None: "logit")."""
+    return get_lens(spec).identity

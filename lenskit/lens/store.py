@@ -27,6 +27,7 @@ __all__ = [
     "CACHED_LENS",
     "cached_lens",
     "lens_cache_dir",
+    "newest_cached_lens",
     "require_cached_lens",
     "train_cached_lens",
 ]
@@ -39,12 +40,16 @@ def _key(options: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:8]
 
 
+def _model_prefix(model: Any) -> str:
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(model_name(model) or "model").name)[:60]
+    return f"{name}-{unembed_hash(model)[:12]}-"
+
+
 def lens_cache_dir(model: Any, **options: Any) -> Path:
     """Where the lens trained for ``model`` with ``options`` (over the defaults of
     :func:`~lenskit.lens.train.train_lens`) is kept. Not created here."""
     opts = {**default_options(), **options}
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(model_name(model) or "model").name)[:60]
-    return cache_dir() / "lenses" / f"{name}-{unembed_hash(model)[:12]}-{_key(opts)}"
+    return cache_dir() / "lenses" / f"{_model_prefix(model)}{_key(opts)}"
 
 
 def _finished(directory: Path) -> bool:
@@ -70,9 +75,25 @@ def cached_lens(model: Any, **options: Any) -> TunedLens | None:
     return lens
 
 
-def require_cached_lens(model: Any) -> TunedLens:
-    """:func:`cached_lens` with the default options, or an InputError saying how to train it."""
+def newest_cached_lens(model: Any) -> TunedLens | None:
+    """The lens trained with the default options when cached, else the most recently
+    finished cached lens of ``model`` (trained with other options), else None."""
     lens = cached_lens(model)
+    if lens is not None:
+        return lens
+    root = cache_dir() / "lenses"
+    found = [d for d in root.glob(_model_prefix(model) + "*") if _finished(d)]
+    if not found:
+        return None
+    newest = max(found, key=lambda d: (d / STATE_FILE).stat().st_mtime)
+    lens = TunedLens.load(newest).to(find_readout(model).unembed.weight.device)
+    lens.check(model)
+    return lens
+
+
+def require_cached_lens(model: Any) -> TunedLens:
+    """:func:`newest_cached_lens`, or an InputError saying how to train one."""
+    lens = newest_cached_lens(model)
     if lens is None:
         raise InputError(
             f"no trained lens is cached for {model_name(model) or 'this model'}: train it once "

@@ -46,17 +46,18 @@ from lenskit.errors import InputError
 from lenskit.lens.train_options import (
     CHECKPOINT_EVERY,
     CLIP_NORM,
+    DEFAULT_OPTIMIZER,
     EVAL_POSITIONS,
     HELDOUT_PERCENT,
     LR_SCALE,
-    MOMENTUM,
+    OPTIMIZERS,
     REPLY_TOKENS,
     SEQ_LEN,
     TRAIN_POSITIONS,
     TRAIN_SEED,
     TRAIN_SEQUENCES,
     TRAIN_STEPS,
-    WEIGHT_DECAY,
+    check_optimizer,
 )
 from lenskit.lens.tuned import TunedLens, unembed_hash
 from lenskit.model.architecture import context_length, find_readout, model_name
@@ -254,6 +255,27 @@ def _states(model: Any, records: Sequence[Record], picks: Sequence[np.ndarray]) 
     return torch.cat(rows).to(find_readout(model).unembed.weight.device)
 
 
+class _KLToTarget(torch.autograd.Function):
+    """Mean over positions of KL(p || softmax(z)) from logits ``z [P, V]`` (fp32), target
+    probabilities ``p [P, V]`` and their ``sum p log p [P]``.
+
+    KL = sum p log p - p.z + logsumexp(z), and its gradient is (softmax(z) - p) / P: one
+    pass over ``z`` each way, where autograd's log_softmax/multiply/sum makes several.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, z: torch.Tensor, p: torch.Tensor, plogp: torch.Tensor) -> torch.Tensor:
+        lse = torch.logsumexp(z, dim=-1)
+        ctx.save_for_backward(z, lse, p)
+        return (plogp - torch.linalg.vecdot(p, z) + lse).mean()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        z, lse, p = ctx.saved_tensors
+        dz = torch.exp(z - lse[:, None]).sub_(p).mul_(grad / z.shape[0])
+        return dz, None, None
+
+
 def _row_kls(
     model: Any, lens: TunedLens, states: torch.Tensor, *, backward: bool = False
 ) -> list[float]:
@@ -262,13 +284,13 @@ def _row_kls(
     readout = find_readout(model)
     with torch.no_grad():
         target = torch.log_softmax(readout.final_logits(states[:, -1]).float(), dim=-1)
-    p_out = target.exp()
+        p_out = target.exp()
+        plogp = torch.where(p_out > 0, p_out * target, 0.0).sum(-1)  # 0 log 0 = 0
     kls = []
     for row in range(states.shape[1] - 1):
         with torch.set_grad_enabled(backward):
             h = lens.translate(states[:, row : row + 1], [row])[:, 0]
-            logp = torch.log_softmax(readout.logits(h).float(), dim=-1)
-            kl = (p_out * (target - logp)).sum(-1).mean()
+            kl = _KLToTarget.apply(readout.logits(h).float(), p_out, plogp)
             if backward:
                 kl.backward()
         kls.append(float(kl.detach()))
@@ -359,11 +381,9 @@ def _prepare_dir(out: Path, state: dict, resume: bool) -> bool:
     return (out / CHECKPOINT_FILE).is_file()
 
 
-def _optimizer(lens: TunedLens, lr_scale: float) -> torch.optim.SGD:
-    return torch.optim.SGD(
-        lens.parameters(), lr=lr_scale * (1 - MOMENTUM), momentum=MOMENTUM, nesterov=True,
-        weight_decay=WEIGHT_DECAY,
-    )  # fmt: skip
+def _optimizer(lens: TunedLens, name: str, lr_scale: float) -> torch.optim.Optimizer:
+    choice = OPTIMIZERS[name]
+    return choice.make(lens.parameters(), lr_scale * choice.base_lr)
 
 
 def _save_checkpoint(out: Path, lens: TunedLens, opt: Any, step: int, losses: list) -> None:
@@ -382,14 +402,14 @@ def _train_steps(
 ) -> list[float]:
     """Steps ``run["start"] .. steps - 1`` (the optimiser and losses in ``run``)."""
     opt, losses, out = run["opt"], run["losses"], run["out"]
-    base_lr = run["lr_scale"] * (1 - MOMENTUM)
+    base_lr = run["lr_scale"] * OPTIMIZERS[run["optimizer"]].base_lr
     steps = o["steps"]
     for step in range(run["start"], steps):
         rng = np.random.default_rng([o["seed"], step])
         chosen = rng.choice(len(train), size=min(o["sequences"], len(train)), replace=False)
         records = [train[i] for i in np.sort(chosen)]
         states = _states(model, records, _pick(records, rng, o["positions"]))
-        for group in opt.param_groups:  # linear decay to 0 (tuned-lens, no warm-up for SGD)
+        for group in opt.param_groups:  # linear decay to 0 (as tuned-lens; no warm-up)
             group["lr"] = base_lr * (1 - step / steps)
         opt.zero_grad(set_to_none=False)
         loss = sum(_row_kls(model, lens, states, backward=True))
@@ -420,6 +440,7 @@ def train_lens(
     reply_tokens: int = REPLY_TOKENS.default,
     seq_len: int = SEQ_LEN.default,
     eval_positions: int = EVAL_POSITIONS.default,
+    optimizer: str = DEFAULT_OPTIMIZER,
     lr_scale: float = LR_SCALE,
     progress: Progress | bool | None = None,
 ) -> TunedLens:
@@ -431,7 +452,9 @@ def train_lens(
             the model writes; with ``text=True``, a text file or a list of them.
         out: the output directory (None: nothing is written, no checkpoints).
         resume: continue the run in ``out`` from its last checkpoint (the same options).
-        lr_scale: tuned-lens's learning-rate scale (lr = lr_scale x (1 - 0.9)), > 0.
+        optimizer: ``"adam"`` or ``"sgd"`` (tuned-lens's), see
+            :data:`~lenskit.lens.train_options.OPTIMIZERS`.
+        lr_scale: the learning rate in units of the optimiser's base rate, > 0.
         progress: ``progress(fraction, message)``, True for a tqdm bar, or None.
         The other options: :mod:`lenskit.lens.train_options`.
 
@@ -449,11 +472,13 @@ def train_lens(
     )  # fmt: skip
     if isinstance(lr_scale, bool) or not isinstance(lr_scale, (int, float)) or not lr_scale > 0:
         raise InputError(f"lr_scale must be a number > 0, got {lr_scale!r}")
+    check_optimizer(optimizer)
     if resume and out is None:
         raise InputError("resume=True needs the output directory (out=) of the run to resume")
     report, close = progress_reporter(progress, "Training the tuned lens")
     try:
-        return _train(model, tokenizer, data, text, out, resume, o, float(lr_scale), report)
+        o.update(optimizer=optimizer, lr_scale=float(lr_scale))
+        return _train(model, tokenizer, data, text, out, resume, o, report)
     finally:
         if close is not None:
             close()
@@ -461,12 +486,12 @@ def train_lens(
 
 def _train(
     model: Any, tokenizer: Any, data: Any, text: bool, out: Any, resume: bool, o: dict,
-    lr_scale: float, report: Progress,
+    report: Progress,
 ) -> TunedLens:  # fmt: skip
     source, identity = _data_identity(data, text, tokenizer, model)
     out = None if out is None else Path(out)
     model_id = {"name": model_name(model), "unembed_hash": unembed_hash(model)}
-    state = {"options": {**o, "lr_scale": lr_scale}, "data": {**identity, "model": model_id}}
+    state = {"options": dict(o), "data": {**identity, "model": model_id}}
     has_checkpoint = out is not None and _prepare_dir(out, state, resume)
     meta = {**identity, **model_id, "seed": o["seed"]}
     meta.update({"seq_len": o["seq_len"]} if text else {"reply_tokens": o["reply_tokens"]})
@@ -481,8 +506,9 @@ def _train(
         log.heldout_kl_before = heldout_kl(
             model, lens, heldout, positions=o["eval_positions"], seed=o["seed"]
         )
-        opt = _optimizer(lens, lr_scale)
-        run = {"opt": opt, "losses": [], "out": out, "lr_scale": lr_scale, "start": 0}
+        opt = _optimizer(lens, o["optimizer"], o["lr_scale"])
+        run = {"opt": opt, "losses": [], "out": out, "start": 0}
+        run.update(optimizer=o["optimizer"], lr_scale=o["lr_scale"])
         if has_checkpoint:
             saved = torch.load(out / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
             lens.translators.load_state_dict(saved["translators"])

@@ -149,6 +149,14 @@ class TunedLens(Lens):
         lens.translators.to(find_readout(model).unembed.weight.device)
         return lens
 
+    @property
+    def identity(self) -> str:
+        digest = hashlib.sha256()
+        for key, value in sorted(self.translators.state_dict().items()):
+            digest.update(key.encode())
+            digest.update(value.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        return f"{self.name}:{digest.hexdigest()[:16]}"
+
     def parameters(self) -> list[nn.Parameter]:
         """The trainable parameters (every translator's weight and bias)."""
         return list(self.translators.parameters())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from conftest import make_chatml_tokenizer, make_tiny_model, strong_model
 
 import lenskit
@@ -206,6 +207,15 @@ def test_another_run_in_the_same_directory_is_refused(tok, llama, run):
         run_dataset(llama, tok, PROMPTS, max_new_tokens=5, output_dir=run.directory)
     with pytest.raises(InputError, match="another prompt set"):
         run_dataset(llama, tok, PROMPTS[:3], max_new_tokens=6, output_dir=run.directory)
+
+
+def test_a_run_does_not_resume_through_another_tuned_lens(tok, llama, tmp_path):
+    first, second = lenskit.TunedLens.from_model(llama), lenskit.TunedLens.from_model(llama)
+    with torch.no_grad():
+        second.translators[1].bias.fill_(0.5)
+    run_dataset(llama, tok, PROMPTS[:2], max_new_tokens=2, output_dir=tmp_path, lens=first)
+    with pytest.raises(InputError, match="other options"):
+        run_dataset(llama, tok, PROMPTS[:2], max_new_tokens=2, output_dir=tmp_path, lens=second)
 
 
 def test_overwrite_and_foreign_directories(tok, llama, tmp_path):

@@ -279,6 +279,7 @@ def test_json_round_trip_and_frame(llama, tok):
     )
     assert frame["is_template"].sum() == res.n_rows * len(res.template_positions)
     assert (frame["target"] == " Canberra").all() and (frame["target_id"] == res.target_id).all()
+    assert (frame["lens"] == res.lens).all()  # a CSV says which lens read it
 
 
 def test_blocked_topk_matches_torch():

@@ -72,7 +72,10 @@ def test_none_before_training_a_tuned_lens_after(model, tok, small_bundled):
     for a, b in zip(found.parameters(), lens.parameters(), strict=True):
         assert torch.equal(a.cpu(), b.cpu())
     assert any(p.abs().sum() > 0 for p in found.parameters())
-    assert cached_lens(model) is None  # the default options' lens is another one
+    assert cached_lens(model) is None  # the default options' lens is another one ...
+    newest = require_cached_lens(model)  # ... so "tuned" falls back to the newest trained one
+    for a, b in zip(newest.parameters(), lens.parameters(), strict=True):
+        assert torch.equal(a.cpu(), b.cpu())
     calls = []
     again = train_cached_lens(model, tok, progress=lambda f, m: calls.append(m), **SMALL)
     assert calls == []  # found, not trained again
@@ -101,3 +104,14 @@ def test_an_unfinished_run_is_not_returned_and_is_resumed(model, tok, small_bund
     assert lens.training.steps == 4 and len(lens.training.losses) == 4
     assert "result" in json.loads((directory / STATE_FILE).read_text())
     assert isinstance(cached_lens(model, **SMALL), TunedLens)
+
+
+def test_the_lens_identity_tells_tuned_lenses_apart(model):
+    from lenskit.lens.lenses import lens_identity
+
+    a, b = TunedLens.from_model(model), TunedLens.from_model(model)
+    assert a.identity == b.identity and a.identity.startswith("tuned:")
+    with torch.no_grad():
+        b.translators[0].bias[0] = 1.0
+    assert a.identity != b.identity
+    assert lens_identity("logit") == "logit" and lens_identity(None) == "logit"

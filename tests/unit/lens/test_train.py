@@ -50,11 +50,15 @@ def _params(lens: TunedLens) -> list[torch.Tensor]:
     return [p.detach().clone() for p in lens.parameters()]
 
 
-def test_training_lowers_the_heldout_kl_and_writes_a_lens(model, tok, tmp_path):
+# A tiny random model needs larger steps than Adam's default rate (sized for real models).
+@pytest.mark.parametrize("optimizer, lr_scale", [("adam", 30.0), ("sgd", 1.0)])
+def test_training_lowers_the_heldout_kl_and_writes_a_lens(
+    model, tok, tmp_path, optimizer, lr_scale
+):
     calls = []
     lens = train_lens(
         model, tok, PROMPTS, steps=30, out=tmp_path, progress=lambda f, m: calls.append((f, m)),
-        **SMALL,
+        optimizer=optimizer, lr_scale=lr_scale, **SMALL,
     )  # fmt: skip
     log = lens.training
     assert len(log.heldout_kl_before) == len(log.heldout_kl_after) == 3  # rows emb, 1, 2
@@ -159,3 +163,22 @@ def test_text_files(model, tok, tmp_path):
 def test_bad_options(model, tok, kwargs, says):
     with pytest.raises(InputError, match=says):
         train_lens(model, tok, PROMPTS, **kwargs)
+
+
+def test_the_kl_loss_and_its_gradient_match_autograd():
+    from lenskit.lens.train import _KLToTarget
+
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(5, 11, generator=gen, dtype=torch.float64, requires_grad=True)
+    target = torch.log_softmax(torch.randn(5, 11, generator=gen, dtype=torch.float64), -1)
+    p = target.exp()
+    plogp = (p * target).sum(-1)
+    ours = _KLToTarget.apply(z, p, plogp)
+    (grad,) = torch.autograd.grad(ours, z)
+    reference = (p * (target - torch.log_softmax(z, -1))).sum(-1).mean()
+    (expected,) = torch.autograd.grad(reference, z)
+    torch.testing.assert_close(ours, reference)
+    torch.testing.assert_close(grad, expected)
+    assert torch.autograd.gradcheck(
+        lambda x: _KLToTarget.apply(x, p, plogp), (z.detach().requires_grad_(),)
+    )

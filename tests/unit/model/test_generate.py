@@ -28,9 +28,11 @@ def test_a_batched_sample_equals_each_prompt_alone(tok, family):
     assert len({len(i) for i in ids}) > 1  # different lengths: padding matters
     seeds = [3, 4, 5]
     together = sample_batch(model, ids, [9, 5, 9], seeds)
-    alone = [sample_batch(model, [i], n, [s])[0] for i, n, s in zip(ids, [9, 5, 9], seeds)]
+    alone = [
+        sample_batch(model, [i], n, [s])[0] for i, n, s in zip(ids, [9, 5, 9], seeds, strict=True)
+    ]
     assert together == alone
-    assert all(1 <= len(r) <= n for r, n in zip(together, [9, 5, 9]))
+    assert all(1 <= len(r) <= n for r, n in zip(together, [9, 5, 9], strict=True))
     assert together != sample_batch(model, ids, [9, 5, 9], [6, 7, 8])  # the seed matters
 
 
