@@ -32,14 +32,18 @@ from lenskit.lens.store import cached_lens, lens_cache_dir, train_cached_lens
 from lenskit.lens.train import check_options, train_lens
 from lenskit.lens.train_options import (
     CHECKPOINT_EVERY,
+    DEFAULT_OPTIMIZER,
     EVAL_POSITIONS,
     HELDOUT_PERCENT,
+    LR_SCALE,
+    OPTIMIZERS,
     REPLY_TOKENS,
     SEQ_LEN,
     TRAIN_POSITIONS,
     TRAIN_SEED,
     TRAIN_SEQUENCES,
     TRAIN_STEPS,
+    check_lr_scale,
 )
 
 __all__ = ["HELP", "add_train_arguments", "run_train"]
@@ -84,6 +88,19 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     )
     for option in OPTIONS:
         add_int_option(parser, option)
+    parser.add_argument(
+        "--optimizer",
+        choices=tuple(OPTIMIZERS),
+        default=DEFAULT_OPTIMIZER,
+        help="; ".join(f"{o.name}: {o.help}" for o in OPTIMIZERS.values()),
+    )
+    parser.add_argument(
+        "--lr-scale",
+        type=float,
+        default=LR_SCALE,
+        metavar="X",
+        help=f"the learning rate in units of the optimizer's base rate (default {LR_SCALE})",
+    )
 
 
 def _summary(out: Path, lens: Any) -> str:
@@ -96,7 +113,7 @@ def _summary(out: Path, lens: Any) -> str:
     return line + ")"
 
 
-def _train_cached(args: argparse.Namespace, options: dict[str, int]) -> str:
+def _train_cached(args: argparse.Namespace, options: dict[str, Any]) -> str:
     """Train into lenskit's cache (no ``-o``): the lens of the bundled set, resumed where an
     earlier run stopped; returns what to print."""
     if args.data:
@@ -115,8 +132,8 @@ def _train_cached(args: argparse.Namespace, options: dict[str, int]) -> str:
     if directory == lens_cache_dir(model):
         return f"{line}\n'--lens tuned' loads it"
     return (
-        f"{line}\nthese are not the default options, whose lens '--lens tuned' loads: load "
-        f"this one with --lens {directory}"
+        f"{line}\nthese are not the default options: '--lens tuned' loads the default options' "
+        f"lens when it is trained, else the newest cached one; this one is --lens {directory}"
     )
 
 
@@ -126,7 +143,8 @@ def run_train(args: argparse.Namespace) -> int:
     if not args.text and len(args.data) > 1:
         raise CliError(f"give one prompt file (got {len(args.data)}); several files need --text")
     data = args.data if args.text else (args.data[0] if args.data else None)
-    options = check_options(**{name: getattr(args, name) for name in OPTION_NAMES})
+    options: dict[str, Any] = check_options(**{name: getattr(args, name) for name in OPTION_NAMES})
+    options.update(optimizer=args.optimizer, lr_scale=check_lr_scale(args.lr_scale))
     if args.out is None:
         print(_train_cached(args, options), file=sys.stdout)
         return 0

@@ -57,6 +57,7 @@ from lenskit.lens.train_options import (
     TRAIN_SEED,
     TRAIN_SEQUENCES,
     TRAIN_STEPS,
+    check_lr_scale,
     check_optimizer,
 )
 from lenskit.lens.tuned import TunedLens, unembed_hash
@@ -470,14 +471,13 @@ def train_lens(
         positions=positions, heldout_percent=heldout_percent, reply_tokens=reply_tokens,
         seq_len=seq_len, eval_positions=eval_positions,
     )  # fmt: skip
-    if isinstance(lr_scale, bool) or not isinstance(lr_scale, (int, float)) or not lr_scale > 0:
-        raise InputError(f"lr_scale must be a number > 0, got {lr_scale!r}")
+    lr_scale = check_lr_scale(lr_scale)
     check_optimizer(optimizer)
     if resume and out is None:
         raise InputError("resume=True needs the output directory (out=) of the run to resume")
     report, close = progress_reporter(progress, "Training the tuned lens")
     try:
-        o.update(optimizer=optimizer, lr_scale=float(lr_scale))
+        o.update(optimizer=optimizer, lr_scale=lr_scale)
         return _train(model, tokenizer, data, text, out, resume, o, report)
     finally:
         if close is not None:

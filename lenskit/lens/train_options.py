@@ -37,6 +37,7 @@ __all__ = [
     "TRAIN_SEQUENCES",
     "TRAIN_STEPS",
     "WEIGHT_DECAY",
+    "check_lr_scale",
     "check_optimizer",
     "default_options",
 ]
@@ -106,6 +107,13 @@ OPTIMIZERS: dict[str, Optimizer] = {
     ),
 }  # fmt: skip
 DEFAULT_OPTIMIZER = "adam"
+
+
+def check_lr_scale(value: object) -> float:
+    """``value`` as a float if it is a number > 0, else an InputError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise InputError(f"lr_scale must be a number > 0, got {value!r}")
+    return float(value)
 
 
 def check_optimizer(name: object) -> Optimizer:

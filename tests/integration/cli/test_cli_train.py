@@ -35,7 +35,10 @@ def _fails(capsys, args: list[str]) -> str:
 def test_trains_a_loadable_lens_and_resumes(tiny_model_dir, prompts_file, tmp_path, capsys):
     out = tmp_path / "lens"
     base = ["train-lens", str(prompts_file), "-o", str(out), "--model", str(tiny_model_dir)]
+    base += ["--optimizer", "sgd", "--lr-scale", "0.5"]
     assert main([*base, "--steps", "3", "--checkpoint-every", "2", *FAST]) == 0
+    options = json.loads((out / "train.json").read_text())["options"]
+    assert options["optimizer"] == "sgd" and options["lr_scale"] == 0.5
     captured = capsys.readouterr()
     assert f"wrote {out} (tuned lens, 3 steps" in captured.out
     assert "Step 3/3" in captured.err  # the tqdm bar
@@ -60,6 +63,7 @@ def test_trains_a_loadable_lens_and_resumes(tiny_model_dir, prompts_file, tmp_pa
         (["--text"], "--text needs DATA"),
         (["a.jsonl", "b.jsonl"], "several files need --text"),
         (["missing.jsonl"], "missing.jsonl"),
+        (["--lr-scale", "0"], "lr_scale must be a number > 0"),
     ],
 )
 def test_bad_arguments_exit_2(tiny_model_dir, tmp_path, capsys, monkeypatch, args, says):
