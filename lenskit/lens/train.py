@@ -453,7 +453,7 @@ def train_lens(
             the model writes; with ``text=True``, a text file or a list of them.
         out: the output directory (None: nothing is written, no checkpoints).
         resume: continue the run in ``out`` from its last checkpoint (the same options).
-        optimizer: ``"adam"`` or ``"sgd"`` (tuned-lens's), see
+        optimizer: ``"sgd"`` (tuned-lens's) or ``"adam"``, see
             :data:`~lenskit.lens.train_options.OPTIMIZERS`.
         lr_scale: the learning rate in units of the optimiser's base rate, > 0.
         progress: ``progress(fraction, message)``, True for a tqdm bar, or None.
