@@ -57,7 +57,11 @@ def unembed_hash(model: Any) -> str:
     the fp32 weight at precision 1 (robust to dtype; it sees the matrix's corners only)."""
     weight = find_readout(model).unembed.weight.detach()
     array = weight.to("cpu", torch.float32).numpy()
-    with np.printoptions(precision=1, threshold=1000, edgeitems=3, linewidth=75):
+    # numpy's defaults spelled out: a caller's np.set_printoptions must not change the hash.
+    with np.printoptions(
+        precision=1, threshold=1000, edgeitems=3, linewidth=75, suppress=False, nanstr="nan",
+        infstr="inf", sign="-", floatmode="maxprec", formatter=None, legacy=False,
+    ):  # fmt: skip
         return hashlib.sha256(np.array_str(array, precision=1).encode()).hexdigest()
 
 

@@ -215,3 +215,9 @@ def test_translate_keeps_shape_and_dtype(model):
 def test_sub_block_rows_are_refused(model):
     with pytest.raises(InputError, match="tuned lens reads block rows only"):
         ReadoutEngine(model, random_lens(model), sublayers=True)
+
+
+def test_the_unembedding_hash_ignores_numpy_print_options(model):
+    expected = unembed_hash(model)
+    with np.printoptions(sign="+", suppress=True, floatmode="fixed", edgeitems=5):
+        assert unembed_hash(model) == expected
