@@ -1,8 +1,8 @@
 // Shared by every backend of the lenskit ops (csrc/ops.cpp, csrc/cpu/, csrc/cuda/):
 // argument checks with messages that name what was passed, and the [rows, V] view of an input.
 //
-// Every kernel registered for lenskit::entropy / kl_div / pairwise_kl should start with the
-// matching check_* call below, so that all backends reject bad input with the same words.
+// Every kernel registered for lenskit::entropy / kl_div / pairwise_kl / count_above should start
+// with the matching check_* call below, so that all backends reject bad input with the same words.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -58,6 +58,25 @@ inline void check_pairwise_kl_args(const at::Tensor& p, const at::Tensor& q) {
                     "lenskit.pairwise_kl: needs p_logits [N, V] and q_logits [M, V] with the same "
                     "V, got ",
                     p.sizes(), " and ", q.sizes());
+}
+
+// count_above: logits [M, V] (float32/float16/bfloat16), thresholds [M, n] of float32 or the
+// logits' dtype, same device; V <= INT32_MAX (the counts are int32).
+inline void check_count_above_args(const at::Tensor& x, const at::Tensor& t) {
+  check_logits("count_above", "logits", x);
+  TORCH_CHECK_VALUE(t.defined(), "lenskit.count_above: thresholds is an undefined tensor");
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat || t.scalar_type() == x.scalar_type(),
+                   "lenskit.count_above: thresholds must be torch.float32 or the dtype of logits (",
+                   dtype_name(x.scalar_type()), "), got ", dtype_name(t.scalar_type()), " (shape ",
+                   t.sizes(), ")");
+  TORCH_CHECK_VALUE(x.device() == t.device(), "lenskit.count_above: logits is on ", x.device(),
+                    " but thresholds is on ", t.device());
+  TORCH_CHECK_VALUE(x.dim() == 2 && t.dim() == 2 && x.size(0) == t.size(0),
+                    "lenskit.count_above: needs logits [M, V] and thresholds [M, n] with the same "
+                    "M, got ",
+                    x.sizes(), " and ", t.sizes());
+  TORCH_CHECK_VALUE(x.size(1) <= INT32_MAX, "lenskit.count_above: the last dim of logits (",
+                    x.size(1), ") is too long for int32 counts");
 }
 
 // Product of all dimensions but the last (works when V == 0, unlike reshape(-1, V)).

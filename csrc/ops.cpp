@@ -1,9 +1,9 @@
 // The lenskit operator library: schemas, the CPU registration and the Python module.
 //
 // Importing lenskit._C runs the static registrations below (and, in CUDA builds, the
-// TORCH_LIBRARY_IMPL(lenskit, CUDA, m) block of csrc/cuda/), after which the ops are
-// torch.ops.lenskit.entropy / entropy_lse / kl_div / pairwise_kl. Fake (meta) kernels are registered from
-// Python in lenskit/ops.py. Pattern: pytorch/extension-cpp.
+// TORCH_LIBRARY_IMPL(lenskit, CUDA, m) blocks of csrc/cuda/), after which the ops are
+// torch.ops.lenskit.entropy / entropy_lse / kl_div / pairwise_kl / count_above. Fake (meta)
+// kernels are registered from Python in lenskit/ops/__init__.py. Pattern: pytorch/extension-cpp.
 #include <Python.h>
 #include <torch/library.h>
 
@@ -44,6 +44,10 @@ TORCH_LIBRARY(lenskit, m) {
   m.def("kl_div(Tensor p_logits, Tensor q_logits) -> Tensor");
   // KL(P_i || Q_j) for p [N, V] and q [M, V]: float32 [N, M].
   m.def("pairwise_kl(Tensor p_logits, Tensor q_logits) -> Tensor");
+  // out[m, j] = number of v with logits[m, v] > thresholds[m, j] (strictly; NaN on either side
+  // never counts, as torch's `>`), for logits [M, V] float32/float16/bfloat16 and thresholds
+  // [M, n] float32 or the logits' dtype: int32 [M, n], one read of each row per 8 thresholds.
+  m.def("count_above(Tensor logits, Tensor thresholds) -> Tensor");
   // True iff the library was built with the CUDA kernels (LENSKIT_WITH_CUDA).
   m.def("has_cuda() -> bool", &has_cuda);
   // Which CPU kernels the next call uses: "avx512", "avx2" or "scalar" (LENSKIT_CPU_ISA caps it).
@@ -58,6 +62,7 @@ TORCH_LIBRARY_IMPL(lenskit, CPU, m) {
   m.impl("entropy_lse", &entropy_lse_cpu);
   m.impl("kl_div", &kl_div_cpu);
   m.impl("pairwise_kl", &pairwise_kl_cpu);
+  m.impl("count_above", &count_above_cpu);
 }
 
 }  // namespace lenskit

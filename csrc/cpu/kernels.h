@@ -66,6 +66,13 @@ using EntropySegmentFn = void (*)(const void* x, DType dt, int64_t n, EntropySta
 using KLSegmentFn = void (*)(const void* x, DType dx, const void* y, DType dy, int64_t n,
                              KLState& st);
 
+// count_above on one row: out[j] = #{i < v : x[i] > thresholds[j]} for j < n (ordered compare
+// in fp32: NaN on either side never counts), in one read of the row per group of up to
+// kCountGroup thresholds. Needs v <= INT32_MAX.
+using CountRowFn = void (*)(const void* x, DType dt, int64_t v, const float* thresholds,
+                            int64_t n, int32_t* out);
+constexpr int64_t kCountGroup = 8;
+
 struct IsaKernels {
   const char* name;
   EntropySegmentFn entropy;
@@ -74,6 +81,7 @@ struct IsaKernels {
   // CPUs, see kPrefetchBytes in kernel_impl.h), or nullptr where the ISA has none.
   EntropySegmentFn entropy_prefetch;
   KLSegmentFn kl_prefetch;
+  CountRowFn count_above;
 };
 
 // One table per ISA (the vector ones exist only on x86-64 builds).

@@ -134,15 +134,32 @@ struct Vec {
   static constexpr bool kFastBlocks = true;
   static constexpr bool kBf16Pairs = true;
   static constexpr bool kPrefetch = true;
+
+  // count_above (count_impl.h): int32 lane counters.
+  using ivec = __m256i;
+  LK_INLINE static ivec izero() { return _mm256_setzero_si256(); }
+  // acc + 1 in the lanes where a > b (ordered: false where a or b is NaN); the compare gives
+  // all-ones (-1) lanes, so subtracting it counts.
+  LK_INLINE static ivec count_gt(ivec acc, vec a, vec b) {
+    return _mm256_sub_epi32(acc, _mm256_castps_si256(_mm256_cmp_ps(a, b, _CMP_GT_OQ)));
+  }
+  LK_INLINE static int64_t reduce_count(ivec a) {
+    __m128i r = _mm_add_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
+    r = _mm_add_epi32(r, _mm_shuffle_epi32(r, 0x4E));
+    r = _mm_add_epi32(r, _mm_shuffle_epi32(r, 0xB1));
+    return static_cast<uint32_t>(_mm_cvtsi128_si32(r));
+  }
 };
 
 #include "kernel_impl.h"
+#include "count_impl.h"
 
 }  // namespace avx2_impl
 
 IsaKernels avx2_kernels() {
   return {"avx2", &avx2_impl::entropy_segment<false>, &avx2_impl::kl_segment<false>,
-          &avx2_impl::entropy_segment<true>, &avx2_impl::kl_segment<true>};
+          &avx2_impl::entropy_segment<true>, &avx2_impl::kl_segment<true>,
+          &avx2_impl::count_row};
 }
 
 }  // namespace cpu

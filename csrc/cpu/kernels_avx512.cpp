@@ -139,15 +139,29 @@ struct Vec {
   }
   static constexpr bool kFastBlocks = true;
   static constexpr bool kPrefetch = true;
+
+  // count_above (count_impl.h): int32 lane counters.
+  using ivec = __m512i;
+  LK_INLINE static ivec izero() { return _mm512_setzero_si512(); }
+  // acc + 1 in the lanes where a > b (ordered: false where a or b is NaN).
+  LK_INLINE static ivec count_gt(ivec acc, vec a, vec b) {
+    return _mm512_mask_sub_epi32(acc, _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ), acc,
+                                 _mm512_set1_epi32(-1));
+  }
+  LK_INLINE static int64_t reduce_count(ivec a) {
+    return static_cast<uint32_t>(_mm512_reduce_add_epi32(a));
+  }
 };
 
 #include "kernel_impl.h"
+#include "count_impl.h"
 
 }  // namespace avx512_impl
 
 IsaKernels avx512_kernels() {
   return {"avx512", &avx512_impl::entropy_segment<false>, &avx512_impl::kl_segment<false>,
-          &avx512_impl::entropy_segment<true>, &avx512_impl::kl_segment<true>};
+          &avx512_impl::entropy_segment<true>, &avx512_impl::kl_segment<true>,
+          &avx512_impl::count_row};
 }
 
 }  // namespace cpu

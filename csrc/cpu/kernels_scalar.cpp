@@ -67,16 +67,23 @@ struct Vec {
   static constexpr bool kBf16Pairs = false;
   static void load_pair(BF16T, const unsigned short* p, vec& even, vec& odd);  // never defined
   static constexpr bool kPrefetch = false;
+
+  // count_above (count_impl.h).
+  using ivec = int32_t;
+  LK_INLINE static ivec izero() { return 0; }
+  LK_INLINE static ivec count_gt(ivec acc, vec a, vec b) { return acc + (a > b ? 1 : 0); }
+  LK_INLINE static int64_t reduce_count(ivec a) { return a; }
 };
 
 #include "kernel_impl.h"
+#include "count_impl.h"
 
 }  // namespace scalar_impl
 
 IsaKernels scalar_kernels() {
   // No prefetch variants: the scalar code has no software prefetch (Vec::kPrefetch).
   return {"scalar", &scalar_impl::entropy_segment<false>, &scalar_impl::kl_segment<false>,
-          nullptr, nullptr};
+          nullptr, nullptr, &scalar_impl::count_row};
 }
 
 }  // namespace cpu

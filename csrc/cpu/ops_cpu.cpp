@@ -377,6 +377,31 @@ at::Tensor pairwise_kl_cpu(const at::Tensor& p_logits, const at::Tensor& q_logit
   return out;
 }
 
+at::Tensor count_above_cpu(const at::Tensor& logits, const at::Tensor& thresholds) {
+  check_count_above_args(logits, thresholds);
+  cpu::check_cpu("count_above", "logits", logits);
+  const int64_t rows = logits.size(0), v = logits.size(1), n = thresholds.size(1);
+  at::Tensor out = at::empty({rows, n}, logits.options().dtype(at::kInt));
+  if (rows == 0 || n == 0) return out;
+  if (v == 0) return out.zero_();
+  const at::Tensor x = as_rows(logits);  // holds the copy, if one was made, while xr points in
+  const cpu::Rows xr = cpu::rows_of(x);
+  // The thresholds in fp32 (exact from fp16 / bf16), [rows, n] contiguous: a small copy.
+  const at::Tensor t = thresholds.to(at::kFloat).contiguous();
+  const float* const pt = t.const_data_ptr<float>();
+  int32_t* const po = out.mutable_data_ptr<int32_t>();
+  const cpu::CountRowFn fn = cpu::select_kernels().count_above;
+  // Rows across threads (each row is one task: its counts need no merge).
+  const int64_t passes = (n + cpu::kCountGroup - 1) / cpu::kCountGroup;
+  int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
+  threads = std::max<int64_t>(1, std::min(threads, rows * v * passes / cpu::kGrainElements));
+  const int64_t chunk =
+      std::max<int64_t>(1, std::min(cpu::kGrainElements / v, rows / (8 * threads)));
+  cpu::dynamic_for(rows, threads, chunk,
+                   [&](int64_t r) { fn(xr.at(r, 0), xr.dt, v, pt + r * n, n, po + r * n); });
+  return out;
+}
+
 std::string cpu_isa() { return cpu::select_kernels().name; }
 
 bool cpu_prefetch() { return cpu::use_prefetch(cpu::select_kernels()); }

@@ -38,7 +38,7 @@ from lenskit.model.architecture import (
     vocabulary_mismatch,
 )
 from lenskit.model.forward_pass import hidden_states_forward, model_device, padded_batch
-from lenskit.ops import entropy_lse, kl_div
+from lenskit.ops import count_above, entropy_lse, kl_div
 from lenskit.progress import Progress, silent
 
 __all__ = [
@@ -141,12 +141,8 @@ def _chunk_stats(
     if len(targets):
         zt = torch.stack([_target_logit(flat, t) for t in targets], dim=-1)  # [P*R, n]
         stats["target_prob"] = torch.exp(zt.float().view(p, r, -1) - lse[:, :, None])
-        # int32 counts: the default int64 reduction over a [cells, V] mask is ~2x slower.
-        ranks = [
-            torch.sum(flat > zt[:, j : j + 1], dim=-1, dtype=torch.int32)
-            for j in range(len(targets))
-        ]
-        stats["target_rank"] = torch.stack(ranks, dim=-1).view(p, r, -1)
+        # Ranks: how many logits beat each target's, all targets in one read of the chunk.
+        stats["target_rank"] = count_above(flat, zt).view(p, r, -1)
     return stats
 
 

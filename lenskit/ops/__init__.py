@@ -1,7 +1,9 @@
-"""The fused ops: ``entropy``, ``entropy_lse``, ``kl_div``, ``pairwise_kl`` and ``backend``.
+"""The fused ops: ``entropy``, ``entropy_lse``, ``kl_div``, ``pairwise_kl``, ``count_above``
+and ``backend``.
 
 When the compiled extension ``lenskit._C`` is importable it registers
-``torch.ops.lenskit.{entropy,entropy_lse,kl_div,pairwise_kl}`` (C++ on CPU, CUDA on GPUs) and the
+``torch.ops.lenskit.{entropy,entropy_lse,kl_div,pairwise_kl,count_above}`` (C++ on CPU, CUDA on
+GPUs) and the
 functions here call those ops. Otherwise, or with ``LENSKIT_BACKEND=torch``, they call the
 pure-PyTorch versions in :mod:`lenskit.ops.reference`, which follow the same contract.
 """
@@ -15,7 +17,15 @@ import torch
 from lenskit.errors import InputError
 from lenskit.ops import reference
 
-__all__ = ["entropy", "entropy_lse", "kl_div", "pairwise_kl", "backend", "extension_error"]
+__all__ = [
+    "entropy",
+    "entropy_lse",
+    "kl_div",
+    "pairwise_kl",
+    "count_above",
+    "backend",
+    "extension_error",
+]
 
 try:
     from lenskit import _C  # noqa: F401  (importing registers torch.ops.lenskit.*)
@@ -84,6 +94,12 @@ if _C is not None:
         torch._check(p_logits.dim() == 2 and q_logits.dim() == 2)
         torch._check(p_logits.shape[1] == q_logits.shape[1])
         return p_logits.new_empty((p_logits.shape[0], q_logits.shape[0]), dtype=torch.float32)
+
+    @torch.library.register_fake("lenskit::count_above")
+    def _count_above_fake(logits: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+        torch._check(logits.dim() == 2 and thresholds.dim() == 2)
+        torch._check(logits.shape[0] == thresholds.shape[0])
+        return logits.new_empty((logits.shape[0], thresholds.shape[1]), dtype=torch.int32)
 
     def _reference_backward(fn):  # type: ignore[no-untyped-def]
         """Backward of a compiled op: the vector-Jacobian product of its PyTorch reference,
@@ -182,3 +198,32 @@ def pairwise_kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
     if backend(p_logits.device) == "torch":
         return reference.pairwise_kl(p_logits, q_logits)
     return torch.ops.lenskit.pairwise_kl(p_logits, q_logits)
+
+
+def count_above(logits: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """Per row, the number of logits strictly above each threshold, from one read of the row.
+
+    ``out[m, j] = #{v : logits[m, v] > thresholds[m, j]}``: exactly
+    ``torch.sum(logits > thresholds[:, j:j+1], dim=-1, dtype=torch.int32)`` for every j
+    (compared in float32, which is exact for float16 / bfloat16; NaN on either side never
+    counts, ``-inf`` exceeds nothing, nothing exceeds ``+inf``). With ``thresholds`` the
+    target logits, ``out`` is each target's 0-based rank (ties share the better rank).
+    Not differentiable (an integer count).
+
+    Args:
+        logits: ``[M, V]`` float32/float16/bfloat16 (rows of any stride; a last dim that is
+            not contiguous is copied).
+        thresholds: ``[M, n]`` in logit units, float32 or the dtype of ``logits``, same device.
+
+    Returns:
+        int32 ``[M, n]`` counts (``0..V``).
+
+    Raises:
+        TypeError: a non-tensor, or a dtype other than the above.
+        InputError: shapes that are not ``[M, V]`` / ``[M, n]`` with the same M, or different
+            devices.
+    """
+    reference.check_count_above(logits, thresholds)
+    if backend(logits.device) == "torch":
+        return reference.count_above(logits, thresholds)
+    return torch.ops.lenskit.count_above(logits, thresholds)

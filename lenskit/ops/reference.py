@@ -1,6 +1,7 @@
 """Pure-PyTorch versions of the ops: the fallback backend and the tests' second opinion.
 
-Every function follows the numerical contract in docs/architecture.md: inputs float32/float16/bfloat16,
+Every function but :func:`count_above` (a count, see its docstring) follows the numerical
+contract in docs/architecture.md: inputs float32/float16/bfloat16,
 reduction over the last dim in float32, output float32 of shape ``logits.shape[:-1]``
 (``[N, M]`` for :func:`pairwise_kl`).
 
@@ -22,7 +23,14 @@ import torch
 
 from lenskit.errors import InputError
 
-__all__ = ["entropy", "entropy_lse", "kl_div", "pairwise_kl", "DEFAULT_CHUNK_ELEMENTS"]
+__all__ = [
+    "entropy",
+    "entropy_lse",
+    "kl_div",
+    "pairwise_kl",
+    "count_above",
+    "DEFAULT_CHUNK_ELEMENTS",
+]
 
 #: Elements per temporary (float32) in the chunked loops: 2^24 elements = 64 MiB.
 DEFAULT_CHUNK_ELEMENTS = 1 << 24
@@ -64,6 +72,35 @@ def check_pair(p: torch.Tensor, q: torch.Tensor, *, same_shape: bool) -> None:
                 f"lenskit: pairwise_kl needs p_logits [N, V] and q_logits [M, V] with the same V, "
                 f"got {tuple(p.shape)} and {tuple(q.shape)}"
             )
+
+
+def check_count_above(logits: torch.Tensor, thresholds: torch.Tensor) -> None:
+    """Check count_above's arguments: logits [M, V] and thresholds [M, n], float32 or the
+    logits' dtype, on the same device."""
+    check_logits("logits", logits)
+    if not isinstance(thresholds, torch.Tensor):
+        raise TypeError(
+            f"lenskit: thresholds must be a torch.Tensor, got {type(thresholds).__name__}"
+        )
+    if thresholds.dtype not in (torch.float32, logits.dtype):
+        raise TypeError(
+            f"lenskit: thresholds must be torch.float32 or the dtype of logits ({logits.dtype}), "
+            f"got {thresholds.dtype} (shape {tuple(thresholds.shape)})"
+        )
+    if logits.device != thresholds.device:
+        raise InputError(
+            f"lenskit: logits is on {logits.device} but thresholds is on {thresholds.device}"
+        )
+    if logits.dim() != 2 or thresholds.dim() != 2 or logits.shape[0] != thresholds.shape[0]:
+        raise InputError(
+            f"lenskit: count_above needs logits [M, V] and thresholds [M, n] with the same M, "
+            f"got {tuple(logits.shape)} and {tuple(thresholds.shape)}"
+        )
+    if logits.shape[1] > torch.iinfo(torch.int32).max:
+        raise InputError(
+            f"lenskit: count_above: the last dim of logits ({logits.shape[1]}) is too long for "
+            "int32 counts"
+        )
 
 
 def _row_chunk(n_cols: int, chunk_elements: int) -> int:
@@ -239,4 +276,33 @@ def pairwise_kl(
                 out[i : i + step, j : j + step] = kl
     finally:
         torch.backends.cuda.matmul.allow_tf32 = prev_tf32
+    return out
+
+
+def count_above(
+    logits: torch.Tensor,
+    thresholds: torch.Tensor,
+    *,
+    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+) -> torch.Tensor:
+    """Per row, how many logits exceed each threshold: ``out[m, j] = #{v : logits[m, v] >
+    thresholds[m, j]}``, torch's ``>`` (strict; NaN on either side never counts).
+
+    Args:
+        logits: ``[M, V]`` float32/float16/bfloat16.
+        thresholds: ``[M, n]``, float32 or the dtype of ``logits``.
+        chunk_elements: bound on the elements of each (bool) temporary.
+
+    Returns:
+        int32 ``[M, n]``.
+    """
+    check_count_above(logits, thresholds)
+    m, v = logits.shape
+    n = thresholds.shape[1]
+    out = torch.empty(m, n, dtype=torch.int32, device=logits.device)
+    step = _row_chunk(v, chunk_elements)
+    for i in range(0, m, step):
+        x, t = logits[i : i + step], thresholds[i : i + step]
+        for j in range(n):
+            out[i : i + step, j] = torch.sum(x > t[:, j : j + 1], dim=-1, dtype=torch.int32)
     return out
