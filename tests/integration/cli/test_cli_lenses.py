@@ -212,11 +212,22 @@ def test_train_lens_into_the_cache_with_other_options_says_how_to_load_it(
     assert main(["train-lens", "--model", str(tiny_model_dir), "-q", *FAST_ARGS]) == 0
     directory = lens_cache_dir(loaded[0], **FAST)
     assert directory != lens_cache_dir(loaded[0])
-    assert f"load this one with --lens {directory}" in capsys.readouterr().out
-    assert _lens(tiny_model_dir, tmp_path / "r.json", "--lens", str(directory)).lens == "tuned"
+    out = capsys.readouterr().out
+    assert "these are not the default options" in out
+    assert f"this one is --lens {directory}" in out
+    by_dir = _lens(tiny_model_dir, tmp_path / "r.json", "--lens", str(directory))
+    assert by_dir.lens == "tuned"
+    # without the default options' lens, "tuned" is the newest cached one: this one
+    by_name = _lens(tiny_model_dir, tmp_path / "n.json", "--lens", "tuned")
+    np.testing.assert_array_equal(by_name.kl_to_final, by_dir.kl_to_final)
+    logit = _lens(tiny_model_dir, tmp_path / "logit.json")
+    assert not np.array_equal(by_dir.kl_to_final[:-1], logit.kl_to_final[:-1])
+
+
+def test_lens_tuned_with_nothing_cached_says_how_to_train(tiny_model_dir, tmp_path, capsys):
     err = _fails(capsys, ["lens", PROMPT, "--model", str(tiny_model_dir), "--lens", "tuned",
                           "-q", "--out", str(tmp_path / "r.json")])  # fmt: skip
-    assert "no trained lens is cached" in err
+    assert "no trained lens is cached" in err and "lenskit train-lens" in err
 
 
 def test_train_lens_on_a_prompt_file_needs_out(tiny_model_dir, prompts_file, small_bundled, capsys):
