@@ -175,12 +175,20 @@ class TunedLens(Lens):
                 f"but the model has d_model={d} and {n_layers} blocks: load the lens trained "
                 "for this model, or train one (lenskit train-lens)."
             )
-        if cfg.unembed_hash and cfg.unembed_hash != unembed_hash(model):
-            warnings.warn(
-                "the model's unembedding differs from the one this tuned lens was trained with "
-                f"({cfg.base_model_name_or_path or 'unnamed'}): its read-out may be off.",
-                stacklevel=2,
-            )
+        mismatch = self.unembedding_mismatch(model)
+        if mismatch:
+            warnings.warn(mismatch, stacklevel=2)
+
+    def unembedding_mismatch(self, model: Any) -> str | None:
+        """What to warn of when ``model``'s unembedding (its hash) is not the one this lens
+        was trained with; None when it is, or when the lens records no hash."""
+        cfg = self.config
+        if not cfg.unembed_hash or cfg.unembed_hash == unembed_hash(model):
+            return None
+        return (
+            "the model's unembedding differs from the one this tuned lens was trained with "
+            f"({cfg.base_model_name_or_path or 'unnamed'}): its read-out may be off."
+        )
 
     def translate(self, states: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
         rows = list(rows)

@@ -148,6 +148,9 @@ def _directory(ref: ModelRef, picked: LensChoice, model: Any) -> None:
             f"Loaded: a tuned lens for {md_escape(config.base_model_name_or_path or 'a model')} "
             f"({config.num_hidden_layers} translators, d_model = {config.d_model})."
         )
+        mismatch = lens.unembedding_mismatch(model)
+        if mismatch:
+            st.warning(md_escape(mismatch[0].upper() + mismatch[1:]))
 
 
 def _outcome(job: jobs.BackgroundJob) -> None:

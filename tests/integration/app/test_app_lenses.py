@@ -192,6 +192,7 @@ def test_lens_from_a_directory(app: AppTest, model_and_tokenizer, tmp_path: Path
     assert any(t.startswith("Tuned lens") for t in titles(app)), titles(app)
     assert "tuned lens from" in captions(app, app.main) and "my_lens" in captions(app, app.main)
     assert "Loaded: a tuned lens" in captions(app, app.sidebar)
+    assert not app.sidebar.warning, [w.value for w in app.sidebar.warning]
     # without held-out transcripts, the fidelity reads lenskit's own prompts
     app.toggle(key="fidelity").set_value(True).run()
     assert not app.exception, app.exception
@@ -220,6 +221,17 @@ def test_bad_directory_shows_the_message(app, model_and_tokenizer, tmp_path, mak
     assert says in sidebar_errors(app), sidebar_errors(app)
     assert lens_result(app) is not None and lens_result(app).lens == "logit"
     assert np.array_equal(lens_result(app).entropy, logit.entropy)
+
+
+def test_a_lens_of_another_unembedding_warns_in_the_sidebar(app, model_and_tokenizer, tmp_path):
+    lens = TunedLens.load(perturbed_lens(model_and_tokenizer[0], tmp_path / "my_lens"))
+    lens.config.unembed_hash = "0" * len(lens.config.unembed_hash)
+    directory = lens.save(tmp_path / "other_unembedding")
+    with pytest.warns(UserWarning, match="unembedding differs"):  # the library's warning
+        choose(app, "dir", str(directory))
+    warnings = plain(" | ".join(w.value for w in app.sidebar.warning))
+    assert "The model's unembedding differs from the one this tuned lens" in warnings, warnings
+    assert lens_result(app).lens == "tuned"  # a warning only: the lens is used
 
 
 def _other_shape(model, directory: Path) -> Path:

@@ -154,7 +154,9 @@ def test_another_unembedding_warns(model, tok, tmp_path):
         load_lens(model, tmp_path)  # its own model: no warning
     other = conftest.make_tiny_model("llama", len(tok), seed=1)
     with pytest.warns(UserWarning, match="unembedding differs"):
-        load_lens(other, tmp_path)
+        lens = load_lens(other, tmp_path)
+    assert lens.unembedding_mismatch(model) is None
+    assert "unembedding differs" in lens.unembedding_mismatch(other)
 
 
 def _manual_logits(model, lens, ids):
